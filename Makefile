@@ -1,0 +1,29 @@
+# Two entry points for a new user: `make quickstart` and `make test`.
+# Each creates .venv (Python 3.11) on first use and installs the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sppdet-installed
+
+.PHONY: quickstart test test-slow bench clean-cache
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(PY) tools/quickstart.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) bench/proposals.py
+	$(PY) bench/spp_vs_rcnn.py
+
+clean-cache:
+	rm -rf data/cache
