@@ -1,0 +1,167 @@
+"""Class-specific bounding-box regression (R-CNN appendix C; SPP-net section 4).
+
+Per class, a ridge regression from a window's feature vector (pool5 in the papers) to the
+targets ``(tx, ty, tw, th)`` of :func:`detect.boxes.bbox_targets`, trained on proposals
+whose IoU with their best ground truth is at least ``min_iou`` (SPP-net code: 0.5,
+lambda 4000; R-CNN: 0.6, lambda 1000). As in R-CNN's code the targets are centred before
+the fit (the mean is added back at prediction) and the bias is not penalised.
+
+Numpy only: the caller extracts the features.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from detect.boxes import apply_bbox_deltas, bbox_targets, box_iou
+
+__all__ = [
+    "BoxRegressor",
+    "select_regression_examples",
+    "fit_ridge",
+    "fit_ridge_reference",
+    "fit_box_regressor",
+]
+
+log = logging.getLogger(__name__)
+
+
+def select_regression_examples(proposals, gt_boxes, gt_labels, min_iou: float):
+    """Proposals matched to their best ground truth with IoU >= ``min_iou``.
+
+    Returns ``(index [M] into proposals, matched gt box [M, 4], label [M])``. Ground-truth
+    boxes themselves are valid examples too (IoU 1) when they are among the proposals.
+    """
+    proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
+    gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
+    if len(proposals) == 0 or len(gt_boxes) == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    iou = box_iou(proposals, gt_boxes)
+    best = iou.argmax(axis=1)
+    keep = np.flatnonzero(iou[np.arange(len(proposals)), best] >= min_iou)
+    return keep.astype(np.int64), gt_boxes[best[keep]], gt_labels[best[keep]]
+
+
+def fit_ridge(X: np.ndarray, Y: np.ndarray, ridge_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise ``||X W + 1 b - Y||^2 + lambda ||W||^2`` (bias unpenalised).
+
+    X float [M, D], Y float [M, T] -> (W [D, T], b [T]), float64. Solved in the smaller of
+    the primal (D x D) and dual (M x M) forms. Reference: :func:`fit_ridge_reference`.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    x_mean = X.mean(axis=0)
+    y_mean = Y.mean(axis=0)
+    Xc = X - x_mean
+    Yc = Y - y_mean
+    m, d = Xc.shape
+    if d <= m:
+        A = Xc.T @ Xc
+        A[np.diag_indices_from(A)] += ridge_lambda
+        W = np.linalg.solve(A, Xc.T @ Yc)
+    else:  # dual: W = Xc^T (Xc Xc^T + lambda I)^-1 Yc
+        K = Xc @ Xc.T
+        K[np.diag_indices_from(K)] += ridge_lambda
+        W = Xc.T @ np.linalg.solve(K, Yc)
+    b = y_mean - x_mean @ W
+    return W, b
+
+
+def fit_ridge_reference(X, Y, ridge_lambda: float):
+    """Obviously correct ridge: one least-squares solve on an augmented system where the
+    bias column carries no penalty (used to test :func:`fit_ridge`)."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    m, d = X.shape
+    Xa = np.concatenate([X, np.ones((m, 1))], axis=1)
+    reg = np.sqrt(ridge_lambda) * np.eye(d + 1)[:d]  # no row for the bias
+    A = np.concatenate([Xa, reg], axis=0)
+    B = np.concatenate([Y, np.zeros((d, Y.shape[1]))], axis=0)
+    sol, *_ = np.linalg.lstsq(A, B, rcond=None)
+    return sol[:d], sol[d]
+
+
+@dataclass
+class BoxRegressor:
+    """Per-class linear regressors: ``deltas = (features * scale) @ weights[k] + bias[k]``.
+
+    weights float32 [K, D, 4], bias float32 [K, 4]; a class with no training example has
+    zero weights and bias (its boxes are left unchanged). ``trained`` bool [K].
+    """
+
+    weights: np.ndarray
+    bias: np.ndarray
+    feature_scale: float
+    trained: np.ndarray
+
+    def predict_deltas(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """features [N, D], labels [N] -> deltas float32 [N, 4]."""
+        features = np.asarray(features, dtype=np.float32)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        out = np.zeros((len(labels), 4), dtype=np.float32)
+        for k in np.unique(labels):
+            rows = labels == k
+            out[rows] = (features[rows] * self.feature_scale) @ self.weights[k] + self.bias[k]
+        return out
+
+    def predict_all_classes(self, features: np.ndarray) -> np.ndarray:
+        """features [N, D] -> deltas float32 [N, K, 4] (one regression per class)."""
+        x = np.asarray(features, dtype=np.float32) * self.feature_scale
+        return np.einsum("nd,kdt->nkt", x, self.weights, optimize=True) + self.bias[None]
+
+    def apply(self, boxes: np.ndarray, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Regressed boxes [N, 4] for windows ``boxes`` of classes ``labels``."""
+        return apply_bbox_deltas(boxes, self.predict_deltas(features, labels))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "weights": self.weights,
+            "bias": self.bias,
+            "feature_scale": np.float32(self.feature_scale),
+            "trained": self.trained,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "BoxRegressor":
+        return cls(
+            weights=np.asarray(arrays["weights"], dtype=np.float32),
+            bias=np.asarray(arrays["bias"], dtype=np.float32),
+            feature_scale=float(arrays["feature_scale"]),
+            trained=np.asarray(arrays["trained"], dtype=bool),
+        )
+
+
+def fit_box_regressor(
+    features: np.ndarray,
+    proposals: np.ndarray,
+    matched_gt: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    ridge_lambda: float,
+    feature_scale: float = 1.0,
+    min_examples: int = 4,
+) -> BoxRegressor:
+    """Fit one ridge regressor per class.
+
+    features float [M, D] of the training windows, proposals [M, 4] the windows,
+    matched_gt [M, 4] their best ground truth, labels [M] its class. Classes with fewer than
+    ``min_examples`` windows keep zero weights.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    d = features.shape[1] if features.ndim == 2 else 0
+    weights = np.zeros((num_classes, d, 4), dtype=np.float32)
+    bias = np.zeros((num_classes, 4), dtype=np.float32)
+    trained = np.zeros(num_classes, dtype=bool)
+    targets = bbox_targets(proposals, matched_gt)
+    for k in range(num_classes):
+        rows = np.flatnonzero(labels == k)
+        if len(rows) < min_examples:
+            log.warning("bbox regression: class %d has %d examples; left untrained", k, len(rows))
+            continue
+        W, b = fit_ridge(features[rows] * feature_scale, targets[rows], ridge_lambda)
+        weights[k], bias[k], trained[k] = W, b, True
+    return BoxRegressor(weights=weights, bias=bias, feature_scale=float(feature_scale), trained=trained)
