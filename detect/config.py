@@ -295,9 +295,16 @@ def parse_overrides(overrides: list[str] | tuple[str, ...] | None) -> dict:
     return out
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
-    values = _read_yaml(path) if path else {}
+def load_config(
+    path: str | None = None, overrides: list[str] | None = None, base: Config | None = None
+) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    With ``base``, the file's and the overrides' keys are merged over that config instead
+    of over the defaults (how a trained model's config is adjusted at test time).
+    """
+    values = config_to_dict(base) if base is not None else {}
+    values = _deep_merge(values, _read_yaml(path) if path else {})
     values = _deep_merge(values, parse_overrides(overrides))
     try:
         return build_config(values)

@@ -102,3 +102,11 @@ def test_every_shipped_config_loads():
     assert files, "configs/ holds no YAML file"
     for path in files:
         load_config(path)
+
+
+def test_load_over_a_base_config(tmp_path):
+    base = load_config(None, ["svm.C=0.5", "name=trained"])
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("test:\n  nms_iou: 0.4\n")
+    cfg = load_config(str(extra), ["test.max_per_class=5"], base=base)
+    assert (cfg.name, cfg.svm.C, cfg.test.nms_iou, cfg.test.max_per_class) == ("trained", 0.5, 0.4, 5)
