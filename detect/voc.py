@@ -1,0 +1,242 @@
+"""PASCAL VOC-style datasets: image sets, XML annotations, images (numpy + OpenCV/PIL).
+
+``root`` is a VOC2007-layout directory::
+
+    root/JPEGImages/<id>.jpg
+    root/Annotations/<id>.xml
+    root/ImageSets/Main/<set>.txt, <class>_<set>.txt
+
+Boxes are converted at this border from VOC's 1-based inclusive pixels to the internal
+float32 0-based continuous ``(x1, y1, x2, y2)`` with :func:`detect.boxes.voc_to_internal`
+(inverse: :func:`detect.boxes.internal_to_voc`, used when result files are written).
+
+Bad input raises :class:`detect.errors.DatasetError` with one line naming the file and the
+field: a missing directory or image set, malformed XML, a missing field, an unknown class
+name, an unreadable image. Boxes are repaired rather than refused, with a ``logging``
+warning naming the file and the object: a box reaching outside the image is clipped to it;
+a box with no area left after clipping (or with xmax < xmin) is skipped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from detect.boxes import voc_to_internal
+from detect.errors import DatasetError
+
+__all__ = [
+    "VOC_CLASSES",
+    "Annotation",
+    "infer_classes",
+    "read_image_set",
+    "parse_voc_xml",
+    "load_image",
+    "VOCDataset",
+]
+
+log = logging.getLogger(__name__)
+
+# The 20 PASCAL VOC classes in devkit order (which is alphabetical).
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """Ground truth of one image. boxes float32 [N, 4] internal convention; labels int64
+    [N] indexing the dataset's classes; difficult, truncated bool [N]."""
+
+    image_id: str
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    truncated: np.ndarray
+
+
+def _main_dir(root: str) -> str:
+    if not os.path.isdir(root):
+        raise DatasetError(f"{root}: dataset directory not found (see data/README.md for the layout)")
+    main = os.path.join(root, "ImageSets", "Main")
+    if not os.path.isdir(main):
+        raise DatasetError(f"{main}: directory not found (expected a VOC layout: ImageSets/Main)")
+    return main
+
+
+def infer_classes(root: str, image_set: str = "trainval") -> tuple[str, ...]:
+    """Class names from ``ImageSets/Main/<class>_<image_set>.txt``, sorted (VOC's order is
+    alphabetical); falls back to any ``<class>_<set>.txt`` when that set has none."""
+    main = _main_dir(root)
+    files = os.listdir(main)
+    suffix = f"_{image_set}.txt"
+    names = sorted(f[: -len(suffix)] for f in files if f.endswith(suffix))
+    if not names:
+        sets = {f[:-4] for f in files if f.endswith(".txt") and "_" not in f}
+        names = sorted({f.rsplit("_", 1)[0] for f in files if f.endswith(".txt") and "_" in f
+                        and f.rsplit("_", 1)[1][:-4] in sets})
+    if not names:
+        raise DatasetError(f"{main}: no <class>_<set>.txt files to infer the classes from; set data.classes")
+    return tuple(names)
+
+
+def read_image_set(root: str, image_set: str) -> list[str]:
+    """Image ids listed in ``ImageSets/Main/<image_set>.txt`` (first column), in order."""
+    path = os.path.join(_main_dir(root), f"{image_set}.txt")
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: image set {image_set!r} not found")
+    with open(path, encoding="utf-8") as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    if len(set(ids)) != len(ids):
+        raise DatasetError(f"{path}: duplicate image ids")
+    return ids
+
+
+def _text(node: ET.Element, tag: str, path: str, where: str) -> str:
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise DatasetError(f"{path}: missing field {where}{tag}")
+    return child.text.strip()
+
+
+def _number(node: ET.Element, tag: str, path: str, where: str) -> float:
+    text = _text(node, tag, path, where)
+    try:
+        return float(text)
+    except ValueError:
+        raise DatasetError(f"{path}: field {where}{tag} is not a number: {text!r}") from None
+
+
+def _flag(node: ET.Element, tag: str, path: str, where: str) -> bool:
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        return False  # VOC omits these flags on some objects: absent means 0
+    try:
+        return bool(int(float(child.text.strip())))
+    except ValueError:
+        raise DatasetError(f"{path}: field {where}{tag} is not 0/1: {child.text.strip()!r}") from None
+
+
+def parse_voc_xml(path: str, classes: Sequence[str]) -> Annotation:
+    """Parse one VOC annotation file (see the module docstring for the error policy)."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: annotation file not found")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise DatasetError(f"{path}: malformed XML ({e})") from None
+    image_id = os.path.splitext(os.path.basename(path))[0]
+    size = root.find("size")
+    if size is None:
+        raise DatasetError(f"{path}: missing field size")
+    width = int(_number(size, "width", path, "size/"))
+    height = int(_number(size, "height", path, "size/"))
+    if width <= 0 or height <= 0:
+        raise DatasetError(f"{path}: size/width and size/height must be positive, got {width}x{height}")
+    index = {name: i for i, name in enumerate(classes)}
+    boxes, labels, difficult, truncated = [], [], [], []
+    for k, obj in enumerate(root.findall("object")):
+        where = f"object[{k}]/"
+        name = _text(obj, "name", path, where)
+        if name not in index:
+            raise DatasetError(f"{path}: {where}name: unknown class {name!r} (known: {', '.join(classes)})")
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            raise DatasetError(f"{path}: missing field {where}bndbox")
+        voc = [_number(bnd, t, path, where + "bndbox/") for t in ("xmin", "ymin", "xmax", "ymax")]
+        box = voc_to_internal(np.array([voc], dtype=np.float32))[0]
+        clipped = box.copy()
+        clipped[0::2] = np.clip(clipped[0::2], 0, width)
+        clipped[1::2] = np.clip(clipped[1::2], 0, height)
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            log.warning("%s: %s%s box %s has no area inside the %dx%d image; skipped",
+                        path, where, name, voc, width, height)
+            continue
+        if not np.array_equal(clipped, box):
+            log.warning("%s: %s%s box %s reaches outside the %dx%d image; clipped",
+                        path, where, name, voc, width, height)
+        boxes.append(clipped)
+        labels.append(index[name])
+        difficult.append(_flag(obj, "difficult", path, where))
+        truncated.append(_flag(obj, "truncated", path, where))
+    return Annotation(
+        image_id=image_id,
+        width=width,
+        height=height,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64),
+        difficult=np.asarray(difficult, dtype=bool),
+        truncated=np.asarray(truncated, dtype=bool),
+    )
+
+
+def load_image(path: str) -> np.ndarray:
+    """Read an image file as RGB uint8 ``[H, W, 3]`` (grayscale and RGBA are converted)."""
+    import cv2
+
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: image file not found")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise DatasetError(f"{path}: not a readable image (corrupt or unsupported format)")
+    if image.dtype != np.uint8:  # 16-bit PNG and the like
+        image = (image / (np.iinfo(image.dtype).max / 255.0)).round().astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class VOCDataset:
+    """One image set of a VOC-layout dataset. Annotations are parsed on first use and kept
+    in memory only (no annotation cache on disk that could go stale)."""
+
+    def __init__(self, root: str, image_set: str, classes: Sequence[str] | None = None):
+        self.root = root
+        self.image_set = image_set
+        self.image_ids: list[str] = read_image_set(root, image_set)
+        self.classes: tuple[str, ...] = tuple(classes) if classes else infer_classes(root)
+        for sub in ("JPEGImages", "Annotations"):
+            if not os.path.isdir(os.path.join(root, sub)):
+                raise DatasetError(f"{os.path.join(root, sub)}: directory not found")
+        self._annotations: dict[str, Annotation] = {}
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __repr__(self) -> str:
+        return f"VOCDataset({self.root!r}, {self.image_set!r}, {len(self)} images, {len(self.classes)} classes)"
+
+    def image_path(self, image_id: str) -> str:
+        base = os.path.join(self.root, "JPEGImages", image_id)
+        for ext in (".jpg", ".jpeg", ".png", ".JPG", ".PNG"):
+            if os.path.isfile(base + ext):
+                return base + ext
+        return base + ".jpg"
+
+    def annotation(self, image_id: str) -> Annotation:
+        ann = self._annotations.get(image_id)
+        if ann is None:
+            ann = parse_voc_xml(os.path.join(self.root, "Annotations", image_id + ".xml"), self.classes)
+            self._annotations[image_id] = ann
+        return ann
+
+    def load_image(self, image_id: str) -> np.ndarray:
+        return load_image(self.image_path(image_id))
+
+    def gt_lists(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Per image, in ``image_ids`` order: boxes [N, 4], labels [N], difficult [N]."""
+        anns = [self.annotation(i) for i in self.image_ids]
+        return [a.boxes for a in anns], [a.labels for a in anns], [a.difficult for a in anns]
