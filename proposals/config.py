@@ -14,3 +14,15 @@ class ProposalConfig:
     max_side: int = 1000
     # boxes narrower or shorter than this many pixels are dropped (R-CNN fast mode: 20)
     min_size: int = 20
+    # rcnn_fast: colour spaces of the hierarchies (R-CNN fast mode: HSV and Lab)
+    color_spaces: tuple[str, ...] = ("hsv", "lab")
+    # rcnn_fast: Felzenszwalb k values, min region size = k (R-CNN fast mode: 50, 100)
+    segmentation_ks: tuple[int, ...] = (50, 100)
+    # rcnn_fast: Felzenszwalb Gaussian sigma (R-CNN: 0.8)
+    sigma: float = 0.8
+    # selectivesearch package: Felzenszwalb scale (the package's default: 1.0; 500 in its example)
+    ss_scale: float = 500.0
+    # selectivesearch package: Gaussian sigma
+    ss_sigma: float = 0.9
+    # selectivesearch package: minimum component size
+    ss_min_size: int = 10

@@ -1,0 +1,174 @@
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from detect.errors import DatasetError, ProposalError
+from proposals import BACKENDS, ProposalConfig, ProposalStore, compute_proposals
+from proposals.recall import average_recall, best_overlaps, recall_at, recall_vs_boxes
+from proposals.selective_search import selectivesearch_rect_to_xyxy, stable_order, unique_boxes
+
+
+def blocks_image(h=120, w=160):
+    """Three flat rectangles on a grey background: easy segments with known boxes."""
+    img = np.full((h, w, 3), 128, np.uint8)
+    img[10:50, 20:70] = (220, 30, 30)
+    img[60:110, 90:150] = (30, 200, 40)
+    img[70:100, 10:40] = (20, 20, 210)
+    return img
+
+
+def test_unique_and_stable_order():
+    boxes = np.array([[0, 0, 30, 30], [5, 5, 40, 40], [0, 0, 30, 30], [1, 2, 60, 70]], np.float32)
+    u = unique_boxes(boxes)
+    assert len(u) == 3
+    a = stable_order(boxes)
+    b = stable_order(boxes[::-1].copy())
+    np.testing.assert_array_equal(a, b)  # input order does not matter
+    assert len(a) == 3
+
+
+def test_selectivesearch_rect_convention():
+    # the package reports width = max_x - min_x for pixels min_x..max_x inclusive
+    np.testing.assert_array_equal(selectivesearch_rect_to_xyxy([(3, 4, 9, 19)]), [[3, 4, 13, 24]])
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "selectivesearch"])
+def test_opencv_backends_find_the_blocks(backend):
+    img = blocks_image()
+    boxes = compute_proposals(img, ProposalConfig(backend=backend))
+    assert boxes.dtype == np.float32 and boxes.ndim == 2 and boxes.shape[1] == 4
+    assert (boxes[:, 2] - boxes[:, 0] >= 20).all() and (boxes[:, 3] - boxes[:, 1] >= 20).all()
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 160).all() and (boxes[:, 3] <= 120).all()
+    gt = np.array([[20, 10, 70, 50], [90, 60, 150, 110], [10, 70, 40, 100]], np.float32)
+    assert recall_at(best_overlaps([boxes], [gt]), [0.7])[0] == 1.0
+
+
+def test_selectivesearch_backend_small_image():
+    boxes = compute_proposals(blocks_image(60, 80), ProposalConfig(backend="selectivesearch", min_size=5))
+    assert len(boxes) >= 1 and boxes.shape[1] == 4
+
+
+def test_cap_and_determinism():
+    rng = np.random.default_rng(0)
+    img = cv2.resize(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), (200, 150), interpolation=cv2.INTER_NEAREST)
+    full = compute_proposals(img)
+    capped = compute_proposals(img, ProposalConfig(max_boxes=25))
+    assert len(capped) == 25 and len(full) > 25
+    np.testing.assert_array_equal(capped, full[:25])  # the cap keeps a prefix of the order
+    np.testing.assert_array_equal(compute_proposals(img), full)
+
+
+def test_same_output_in_another_process(tmp_path):
+    rng = np.random.default_rng(1)
+    img = cv2.resize(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8), (150, 100), interpolation=cv2.INTER_NEAREST)
+    np.save(tmp_path / "img.npy", img)
+    code = ("import numpy as np, sys; from proposals import compute_proposals; "
+            f"np.save(sys.argv[1], compute_proposals(np.load({str(tmp_path / 'img.npy')!r})))")
+    for name in ("a.npy", "b.npy"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), compute_proposals(img))
+
+
+def test_inputs_gray_rgba_tiny_and_large():
+    img = blocks_image()
+    gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    assert len(compute_proposals(gray)) > 0
+    rgba = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    np.testing.assert_array_equal(compute_proposals(rgba), compute_proposals(img))
+    # smaller than the minimum box: the whole image
+    np.testing.assert_array_equal(compute_proposals(np.zeros((1, 1, 3), np.uint8)), [[0, 0, 1, 1]])
+    np.testing.assert_array_equal(compute_proposals(np.zeros((10, 15, 3), np.uint8)), [[0, 0, 15, 10]])
+    # large images are segmented downscaled; boxes come back in original coordinates
+    big = cv2.resize(img, (640, 480), interpolation=cv2.INTER_NEAREST)
+    boxes = compute_proposals(big, ProposalConfig(max_side=200))
+    assert boxes[:, 2].max() > 500 and boxes[:, 3].max() <= 480
+    gt = np.array([[80, 40, 280, 200]], np.float32)  # the red block, scaled x4
+    assert best_overlaps([boxes], [gt])[0] > 0.7
+
+
+def test_bad_inputs():
+    with pytest.raises(ProposalError, match="non-empty"):
+        compute_proposals(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(ProposalError, match="image array"):
+        compute_proposals("not an image")
+    with pytest.raises(ProposalError, match="channels"):
+        compute_proposals(np.zeros((30, 30, 2), np.uint8))
+    with pytest.raises(ProposalError, match="unknown backend"):
+        compute_proposals(blocks_image(), ProposalConfig(backend="magic"))
+
+
+def test_recall_metrics():
+    gt = [np.array([[0, 0, 10, 10]], np.float32), np.zeros((0, 4), np.float32), np.array([[0, 0, 10, 10]], np.float32)]
+    props = [np.array([[0, 0, 10, 20], [0, 0, 10, 10]], np.float32), np.zeros((0, 4)), np.array([[50, 50, 60, 60]], np.float32)]
+    ov = best_overlaps(props, gt)
+    np.testing.assert_allclose(ov, [1.0, 0.0])
+    np.testing.assert_allclose(recall_at(ov, [0.5, 0.7]), [0.5, 0.5])
+    assert average_recall(ov) == pytest.approx(0.5)
+    np.testing.assert_allclose(recall_vs_boxes(props, gt, [1, 2]), [0.5, 0.5])  # first box already IoU 0.5
+
+
+def write_images(tmp_path, n=3):
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"img{i}.png"
+        cv2.imwrite(str(p), np.roll(blocks_image(), 7 * i, axis=1))
+        paths.append(str(p))
+    return [f"im{i}" for i in range(n)], paths
+
+
+def test_store_caches_and_keys(tmp_path):
+    ids, paths = write_images(tmp_path)
+    cfg = ProposalConfig()
+    store = ProposalStore.build(cfg, ids, paths, str(tmp_path / "cache"), workers=1, progress=False)
+    assert os.path.isfile(os.path.join(store.directory, "manifest.json"))
+    np.testing.assert_array_equal(store["im1"], compute_proposals(cv2.cvtColor(cv2.imread(paths[1]), cv2.COLOR_BGR2RGB)))
+    assert store.seconds("im0") > 0
+    same = ProposalStore.build(cfg, ids, paths, str(tmp_path / "cache"), workers=1, progress=False)
+    assert same.directory == store.directory
+    other = ProposalStore.build(ProposalConfig(max_boxes=5), ids, paths, str(tmp_path / "cache"), workers=1, progress=False)
+    assert other.directory != store.directory and len(other["im0"]) <= 5
+    # an edited image changes the key
+    cv2.imwrite(paths[0], blocks_image()[::-1].copy())
+    os.utime(paths[0], ns=(1, 1))
+    assert ProposalStore.cache_key(cfg, ids, paths) != os.path.basename(store.directory).split("-", 1)[1]
+    with pytest.raises(KeyError):
+        store["nope"]
+    with pytest.raises(ProposalError, match="image file not found"):
+        ProposalStore.build(cfg, ["x"], [str(tmp_path / "missing.jpg")], str(tmp_path / "cache"), progress=False)
+
+
+def test_store_resumes_after_interruption(tmp_path, monkeypatch):
+    ids, paths = write_images(tmp_path, 4)
+    cfg = ProposalConfig()
+    store = ProposalStore.build(cfg, ids, paths, str(tmp_path / "cache"), workers=1, progress=False)
+    reference = {i: store[i] for i in ids}
+    os.remove(os.path.join(store.directory, "im2.npz"))  # as if interrupted before im2
+    calls = []
+    import proposals.store as ps
+
+    real = ps._compute_one
+    monkeypatch.setattr(ps, "_compute_one", lambda item: calls.append(item[0]) or real(item))
+    again = ProposalStore.build(cfg, ids, paths, str(tmp_path / "cache"), workers=1, progress=False)
+    assert calls == ["im2"]
+    for i in ids:
+        np.testing.assert_array_equal(again[i], reference[i])
+
+
+def test_store_parallel_matches_serial(tmp_path):
+    ids, paths = write_images(tmp_path, 3)
+    a = ProposalStore.build(ProposalConfig(), ids, paths, str(tmp_path / "a"), workers=2, progress=False)
+    b = ProposalStore.build(ProposalConfig(), ids, paths, str(tmp_path / "b"), workers=1, progress=False)
+    for i in ids:
+        np.testing.assert_array_equal(a[i], b[i])
+
+
+def test_non_image_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"plain text")
+    with pytest.raises(DatasetError, match=r"bad\.jpg: not a readable image"):
+        ProposalStore.build(ProposalConfig(), ["bad"], [str(bad)], str(tmp_path / "c"), workers=1, progress=False)

@@ -1,0 +1,49 @@
+"""Compute (or find in the cache) selective-search proposals for an image set.
+
+Proposals are cached under ``<cache_dir>/proposals/<backend>-<key>/`` keyed by the proposal
+settings and the image files; an interrupted run resumes.
+
+Examples::
+
+    python tools/compute_proposals.py --config configs/default.yaml
+    python tools/compute_proposals.py --config configs/spp_alexnet_voc07.yaml --image-set test
+    python tools/compute_proposals.py --set proposals.backend=opencv_fast proposals.max_boxes=1000
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from detect.cli import DEFAULT_CONFIG, add_config_arguments, config_from_args, run_tool, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, DEFAULT_CONFIG)
+    parser.add_argument("--image-set", default=None, help="image set (default: the config's train and test sets)")
+    parser.add_argument("--num-images", type=int, default=None, help="only the first N images")
+    parser.add_argument("--workers", type=int, default=2, help="parallel processes (default: %(default)s)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        setup_logging()
+        cfg = config_from_args(args)
+        from detect.stages import build_proposal_store, open_dataset
+
+        for image_set in [args.image_set] if args.image_set else [cfg.data.train_set, cfg.data.test_set]:
+            dataset = open_dataset(cfg, image_set, args.num_images)
+            store = build_proposal_store(cfg, dataset, workers=args.workers)
+            counts = [len(store[i]) for i in dataset.image_ids]
+            print(f"{image_set}: {len(dataset)} images, {sum(counts) / max(1, len(counts)):.0f} boxes/image "
+                  f"({cfg.proposals.backend}) in {store.directory}")
+        return 0
+
+    return run_tool(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
