@@ -23,7 +23,10 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+# This file is named like the `proposals` package it measures; run as a script, its own
+# directory would come first on the import path and shadow the package.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 
 def build_parser() -> argparse.ArgumentParser:

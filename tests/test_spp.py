@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+from detect.spp import (
+    SpatialPyramidPool,
+    pool_whole_map,
+    project_windows_to_map,
+    pyramid_dim,
+    spatial_pyramid_pool,
+    spatial_pyramid_pool_reference,
+)
+
+
+def random_cells(rng, n, h, w):
+    x1 = rng.integers(0, w, n)
+    y1 = rng.integers(0, h, n)
+    x2 = np.minimum(w - 1, x1 + rng.integers(0, w, n))
+    y2 = np.minimum(h - 1, y1 + rng.integers(0, h, n))
+    return np.stack([x1, y1, x2, y2], 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("levels", [(6, 3, 2, 1), (4, 2, 1), (5, 3, 1), (1,), (3, 6)])
+def test_fast_equals_reference(seed, levels):
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    c, h, w = 7, int(rng.integers(1, 20)), int(rng.integers(1, 25))
+    fm = torch.randn(c, h, w)
+    cells = random_cells(rng, 60, h, w)
+    # windows of one cell, and windows touching every border
+    cells = np.concatenate([cells, [[0, 0, 0, 0], [w - 1, h - 1, w - 1, h - 1], [0, 0, w - 1, h - 1],
+                                    [w - 1, 0, w - 1, h - 1], [0, h - 1, w - 1, h - 1]]])
+    fast = spatial_pyramid_pool(fm, cells, levels)
+    ref = spatial_pyramid_pool_reference(fm, cells, levels)
+    assert fast.shape == (len(cells), pyramid_dim(c, levels))
+    assert torch.equal(fast, ref)
+
+
+def test_paper_bin_rule_by_hand():
+    # one channel, a window of 4 cells wide: level 3 bins span [0,1], [1,2], [2,3]
+    # (floor(i*4/3) .. ceil((i+1)*4/3)-1): overlapping, never empty
+    fm = torch.tensor([[[1.0, 5.0, 2.0, 0.0]]])
+    out = spatial_pyramid_pool(fm, [[0, 0, 3, 0]], levels=(3,))
+    # rows of level 3 are identical (one row of cells), columns as above
+    np.testing.assert_array_equal(out.view(3, 3)[0].numpy(), [5.0, 5.0, 2.0])
+    # a 2-cell window at level 6: bins [0,0],[0,0],[0,1],[0,1]... floor(i*2/6)..ceil((i+1)*2/6)-1
+    out6 = spatial_pyramid_pool(fm, [[1, 0, 2, 0]], levels=(6,)).view(6, 6)[0]
+    np.testing.assert_array_equal(out6.numpy(), [5, 5, 5, 2, 2, 2])
+
+
+def test_channel_major_layout_matches_torch_flatten():
+    torch.manual_seed(0)
+    fm = torch.randn(3, 12, 12)
+    out = spatial_pyramid_pool(fm, [[0, 0, 11, 11]], levels=(6, 1))
+    level6 = torch.nn.functional.adaptive_max_pool2d(fm[None], 6)[0]
+    assert torch.equal(out[0, : 3 * 36], torch.flatten(level6))
+    assert torch.equal(out[0, 3 * 36 :], fm.amax(dim=(1, 2)))
+
+
+def test_whole_map_pooling_matches_and_is_differentiable():
+    torch.manual_seed(1)
+    fm = torch.randn(2, 4, 9, 14)
+    whole = pool_whole_map(fm)
+    for b in range(2):
+        assert torch.equal(whole[b], spatial_pyramid_pool(fm[b], [[0, 0, 13, 8]])[0])
+    x = torch.randn(1, 2, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: pool_whole_map(t, (3, 2, 1)), (x,))
+
+
+def test_empty_and_bad_cells():
+    fm = torch.randn(5, 4, 4)
+    assert spatial_pyramid_pool(fm, np.zeros((0, 4), np.int64)).shape == (0, 250)
+    with pytest.raises(ValueError):
+        spatial_pyramid_pool(fm, [[0, 0, 4, 3]])
+    with pytest.raises(ValueError):
+        spatial_pyramid_pool(fm, [[2, 0, 1, 3]])
+    assert SpatialPyramidPool((2, 1))(fm, [[0, 0, 3, 3]]).shape == (1, 25)
+
+
+def test_projection_rule():
+    # stride 16, cell j centred at 16 j + 0.5: cells strictly inside the window
+    cells = project_windows_to_map([[0, 0, 160, 64], [17, 17, 33, 80]], stride=16, offset=0.5, map_height=10, map_width=20)
+    # window [0, 160): centres 0.5 .. 144.5 are inside -> cells 0..9; [0, 64) in y -> 0..3
+    np.testing.assert_array_equal(cells[0], [0, 0, 9, 3])
+    # [17, 33): centre 16.5 is outside, 32.5 inside -> cell 2 only; [17, 80) -> 2..4
+    np.testing.assert_array_equal(cells[1], [2, 2, 2, 4])
+
+
+def test_projection_collapses_small_windows_and_clamps():
+    # a 5 px window between two centres collapses to the cell nearest its centre
+    cells = project_windows_to_map([[20, 20, 25, 25], [-50, -50, 2000, 2000]], 16, 0.5, 4, 6)
+    np.testing.assert_array_equal(cells[0], [1, 1, 1, 1])
+    np.testing.assert_array_equal(cells[1], [0, 0, 5, 3])
+    assert project_windows_to_map(np.zeros((0, 4)), 16, 0.5, 4, 6).shape == (0, 4)
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(-100, 900, (500, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0, 300, (500, 2))], 1)
+    c = project_windows_to_map(boxes, 16, 8.0, 40, 50)
+    assert (c[:, 0] <= c[:, 2]).all() and (c[:, 1] <= c[:, 3]).all()
+    assert (c >= 0).all() and (c[:, 2] < 50).all() and (c[:, 3] < 40).all()
