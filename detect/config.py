@@ -72,6 +72,10 @@ class NetworkConfig:
     weights: str = "random"
     # seed for random initialisation
     init_seed: int = 0
+    # width of fc6 and fc7 (4096 in the papers)
+    fc_dim: int = 4096
+    # dropout before fc7 and fc8 while training
+    dropout: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class FeatureConfig:
     scales: tuple[int, ...] = (688,)
     # cap on the longer side after scaling, so huge inputs cannot exhaust memory
     max_side: int = 2000
+    # multi-scale: each window is pooled at the scale where its area is closest to this^2
+    scale_target_size: int = 224
     # pyramid levels n (n x n bins each); paper: 6, 3, 2, 1 -> 50 bins
     levels: tuple[int, ...] = (6, 3, 2, 1)
     # feature layer fed to the SVMs: pool5 | fc6 | fc7

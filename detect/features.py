@@ -1,0 +1,289 @@
+"""Window features: SPP-net (pool from one whole-image conv5 map per scale) and its R-CNN
+twin (warp every window and run the whole network), behind one interface::
+
+    features, seconds = extractor.extract(image, boxes, layers=("fc7",))
+
+image: RGB uint8 [H, W, 3]; boxes: float32 [N, 4] internal convention; returns
+``{layer: float32 [N, D]}`` for each requested layer (``pool5``, ``fc6``, ``fc7``) and the
+seconds spent per stage (SPP: ``conv``, ``pool``, ``fc``; R-CNN: ``warp``, ``conv``,
+``pool``, ``fc``). Both run the same trunk and the same fc head, so the comparison is
+fair by construction; only the way a window becomes a pooled vector differs.
+
+SPP-net (paper, section 4): the image is resized so that its shorter side is each scale
+``s`` (the longer side capped at ``max_side``) and the conv layers run once per scale.
+With several scales, each window is pooled at the one scale where its scaled area is
+closest to ``scale_target_size``^2 (224^2 in the paper). Windows that project onto the
+same cells at the same scale give identical vectors: they are pooled and sent through the
+fc layers once and scattered back (the official code's dedup).
+
+R-CNN: each window is dilated so that there are ``context_pad`` pixels of context at the
+warped size, warped (bilinear, anisotropic; outside the image the normalised value 0, the
+mean) to ``crop_size`` x ``crop_size``, batched through the trunk, pooled by the same
+pyramid over the whole crop map and the same fc layers.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from detect.spp import pool_whole_map, project_windows_to_map, spatial_pyramid_pool
+from detect.trunks import FCHead, Trunk
+
+__all__ = ["ConvMaps", "SPPFeatures", "RCNNFeatures", "build_features", "compress_head"]
+
+LAYERS = ("pool5", "fc6", "fc7")
+
+
+@dataclass
+class ConvMaps:
+    """conv5 maps of one image: per scale, the (x, y) resize factors and Tensor[C, H', W']."""
+
+    factors: list[tuple[float, float]]
+    maps: list[torch.Tensor]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """float16 arrays for a disk cache (``from_arrays`` is the inverse)."""
+        out = {"factors": np.asarray(self.factors, np.float64)}
+        for i, m in enumerate(self.maps):
+            out[f"map{i}"] = m.numpy().astype(np.float16)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ConvMaps":
+        factors = [tuple(f) for f in np.asarray(arrays["factors"]).tolist()]
+        maps = [torch.from_numpy(arrays[f"map{i}"].astype(np.float32)) for i in range(len(factors))]
+        return cls(factors, maps)
+
+
+def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
+    layers = tuple(layers)
+    for layer in layers:
+        if layer not in LAYERS:
+            raise ValueError(f"unknown feature layer {layer!r} (known: {', '.join(LAYERS)})")
+    return layers
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+
+
+def _head_layers(head: FCHead, pool5: torch.Tensor, layers: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+    """Run the fc head once per batch, keeping every requested layer."""
+    out = {layer: [] for layer in layers}
+    deepest = max((FCHead.LAYERS.index(l) for l in layers), default=0)
+    for s in range(0, max(1, pool5.shape[0]), batch_size):
+        x = pool5[s : s + batch_size]
+        if "pool5" in out:
+            out["pool5"].append(x)
+        if deepest >= 1:
+            x = torch.relu(head.fc6(x))
+            if "fc6" in out:
+                out["fc6"].append(x)
+        if deepest >= 2:
+            x = torch.relu(head.fc7(x))  # eval mode: dropout is the identity
+            if "fc7" in out:
+                out["fc7"].append(x)
+    return {k: torch.cat(v).numpy().astype(np.float32, copy=False) for k, v in out.items()}
+
+
+class SPPFeatures:
+    """SPP-net window features (see the module docstring)."""
+
+    def __init__(self, trunk: Trunk, head: FCHead, scales: Sequence[int] = (688,), max_side: int = 2000,
+                 levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 256, scale_target_size: int = 224):
+        self.trunk, self.head = trunk.eval(), head.eval()
+        self.scales = tuple(int(s) for s in scales)
+        self.max_side = int(max_side)
+        self.levels = tuple(levels)
+        self.batch_size = int(batch_size)
+        self.target_area = float(scale_target_size) ** 2
+
+    def resized_size(self, height: int, width: int, scale: int) -> tuple[int, int]:
+        """(height, width) of the image with its shorter side ``scale``, capped at max_side."""
+        f = scale / min(height, width)
+        f = min(f, self.max_side / max(height, width))
+        return max(1, round(height * f)), max(1, round(width * f))
+
+    def compute_maps(self, image: np.ndarray) -> ConvMaps:
+        """conv5 of the image at every scale (one trunk pass per scale)."""
+        h, w = image.shape[:2]
+        factors, maps = [], []
+        with torch.inference_mode():
+            for s in self.scales:
+                nh, nw = self.resized_size(h, w, s)
+                resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
+                x = self.trunk.normalize(_to_tensor(resized))
+                maps.append(self.trunk(x)[0].contiguous())
+                factors.append((nw / w, nh / h))
+        return ConvMaps(factors, maps)
+
+    def choose_scales(self, factors: Sequence[tuple[float, float]], boxes: np.ndarray) -> np.ndarray:
+        """Index of the scale whose scaled window area is closest to the target, per box."""
+        if len(factors) == 1 or len(boxes) == 0:
+            return np.zeros(len(boxes), dtype=np.int64)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        scaled = area[:, None] * np.array([fx * fy for fx, fy in factors])[None, :]
+        return np.abs(scaled - self.target_area).argmin(axis=1)
+
+    def pool(self, maps: ConvMaps, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """pool5 of the distinct windows and, per box, the row it maps to:
+        (Tensor[U, D], int64 [N])."""
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        which = self.choose_scales(maps.factors, boxes)
+        keys = np.zeros((len(boxes), 5), dtype=np.int64)
+        keys[:, 0] = which
+        for k, ((fx, fy), fmap) in enumerate(zip(maps.factors, maps.maps)):
+            rows = np.flatnonzero(which == k)
+            if len(rows):
+                scaled = boxes[rows] * np.array([fx, fy, fx, fy], dtype=np.float32)
+                keys[rows, 1:] = project_windows_to_map(scaled, self.trunk.stride, self.trunk.offset,
+                                                        fmap.shape[1], fmap.shape[2])
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        parts, order = [], []
+        for k, fmap in enumerate(maps.maps):
+            rows = np.flatnonzero(unique[:, 0] == k)
+            if len(rows):
+                parts.append(spatial_pyramid_pool(fmap, unique[rows, 1:], self.levels))
+                order.append(rows)
+        dim = self.head.in_dim
+        pooled = torch.zeros((len(unique), dim)) if not parts else torch.empty((len(unique), parts[0].shape[1]))
+        for rows, p in zip(order, parts):
+            pooled[torch.from_numpy(rows)] = p
+        return pooled, inverse
+
+    def features_from_maps(self, maps: ConvMaps, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)) -> dict[str, np.ndarray]:
+        layers = _check_layers(layers)
+        with torch.inference_mode():
+            pooled, inverse = self.pool(maps, boxes)
+            unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
+        return {k: v[inverse] for k, v in unique_feats.items()}
+
+    def extract(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
+        layers = _check_layers(layers)
+        t0 = time.perf_counter()
+        maps = self.compute_maps(image)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            pooled, inverse = self.pool(maps, boxes)
+            t2 = time.perf_counter()
+            unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
+        feats = {k: v[inverse] for k, v in unique_feats.items()}
+        t3 = time.perf_counter()
+        return feats, {"conv": t1 - t0, "pool": t2 - t1, "fc": t3 - t2}
+
+
+class RCNNFeatures:
+    """R-CNN window features on the same trunk and head (see the module docstring)."""
+
+    def __init__(self, trunk: Trunk, head: FCHead, crop_size: int = 227, context_pad: int = 16,
+                 levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 128):
+        if crop_size <= 2 * context_pad:
+            raise ValueError(f"crop_size {crop_size} leaves no room inside {context_pad} px of context")
+        self.trunk, self.head = trunk.eval(), head.eval()
+        self.crop_size = int(crop_size)
+        self.context_pad = int(context_pad)
+        self.levels = tuple(levels)
+        self.batch_size = int(batch_size)
+
+    def dilate(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes grown so that, warped to crop_size, the original box fills the central
+        ``crop_size - 2 * context_pad`` pixels (R-CNN appendix A)."""
+        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        grow = self.context_pad / (self.crop_size - 2 * self.context_pad)
+        w = b[:, 2] - b[:, 0]
+        h = b[:, 3] - b[:, 1]
+        return np.stack([b[:, 0] - grow * w, b[:, 1] - grow * h, b[:, 2] + grow * w, b[:, 3] + grow * h], 1)
+
+    def warp(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """RGB uint8 image + boxes [B, 4] -> uint8 crops [B, crop, crop, 3].
+
+        One affine warp per window (bilinear, sub-pixel exact in the continuous box
+        convention); outside the image the trunk's mean colour, which normalises to 0."""
+        size = self.crop_size
+        border = tuple(float(v) for v in self.trunk.pixel_mean.flatten().tolist())
+        out = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+        for i, (x1, y1, x2, y2) in enumerate(self.dilate(boxes).astype(np.float64)):
+            sx = size / max(x2 - x1, 1e-6)
+            sy = size / max(y2 - y1, 1e-6)
+            # continuous x maps to (x - x1) * sx; cv2 works on pixel centres (+0.5 shifts)
+            m = np.array([[sx, 0.0, -x1 * sx + 0.5 * sx - 0.5], [0.0, sy, -y1 * sy + 0.5 * sy - 0.5]])
+            out[i] = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+        return out
+
+    def extract(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
+        layers = _check_layers(layers)
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        unique, inverse = np.unique(boxes, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        seconds = {"warp": 0.0, "conv": 0.0, "pool": 0.0, "fc": 0.0}
+        out = {layer: [] for layer in layers}
+        image = np.ascontiguousarray(image)
+        with torch.inference_mode():
+            for s in range(0, len(unique), self.batch_size):
+                t0 = time.perf_counter()
+                crops = self.warp(image, unique[s : s + self.batch_size])
+                crops = self.trunk.normalize(torch.from_numpy(crops).permute(0, 3, 1, 2))
+                t1 = time.perf_counter()
+                conv5 = self.trunk(crops)
+                t2 = time.perf_counter()
+                pooled = pool_whole_map(conv5, self.levels)
+                t3 = time.perf_counter()
+                for k, v in _head_layers(self.head, pooled, layers, self.batch_size).items():
+                    out[k].append(v)
+                t4 = time.perf_counter()
+                seconds["warp"] += t1 - t0
+                seconds["conv"] += t2 - t1
+                seconds["pool"] += t3 - t2
+                seconds["fc"] += t4 - t3
+        feats = {}
+        for k, parts in out.items():
+            dim = self.head.in_dim if k == "pool5" else self.head.fc_dim
+            arr = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+            feats[k] = arr[inverse]
+        return feats, seconds
+
+
+def compress_head(head: FCHead, rank: int) -> FCHead:
+    """Truncated-SVD fc6 and fc7 (Fast R-CNN, section 3.1): each ``W`` [out, in] becomes
+    ``U_r diag(S_r)`` after ``V_r^T``, two thinner layers with ``r (in + out)`` weights
+    instead of ``in * out``. Returns a new head; the original is unchanged."""
+    import copy
+
+    from torch import nn
+
+    new = copy.deepcopy(head)
+    for name in ("fc6", "fc7"):
+        layer = getattr(head, name)
+        r = min(rank, *layer.weight.shape)
+        u, s, vh = torch.linalg.svd(layer.weight.detach().double(), full_matrices=False)
+        first = nn.Linear(layer.in_features, r, bias=False)
+        second = nn.Linear(r, layer.out_features, bias=True)
+        with torch.no_grad():
+            first.weight.copy_(vh[:r].float())
+            second.weight.copy_((u[:, :r] * s[:r]).float())
+            second.bias.copy_(layer.bias.detach())
+        setattr(new, name, nn.Sequential(first, second))
+    return new.eval()
+
+
+def build_features(cfg, trunk: Trunk, head: FCHead):
+    """Map ``cfg.features`` onto :class:`SPPFeatures` or :class:`RCNNFeatures`."""
+    f = cfg.features
+    if f.fc_svd_rank > 0:
+        head = compress_head(head, f.fc_svd_rank)
+    if f.method == "spp":
+        return SPPFeatures(trunk, head, scales=f.scales, max_side=f.max_side, levels=f.levels,
+                           batch_size=f.batch_size, scale_target_size=f.scale_target_size)
+    if f.method == "rcnn":
+        return RCNNFeatures(trunk, head, crop_size=f.rcnn_crop_size, context_pad=f.rcnn_context_pad,
+                            levels=f.levels, batch_size=f.batch_size)
+    from detect.errors import UserError
+
+    raise UserError(f"features.method: unknown method {f.method!r} (known: spp, rcnn)")

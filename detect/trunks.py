@@ -1,0 +1,312 @@
+"""Conv trunks (up to conv5) and the fc6/fc7 head, with exact window-projection geometry.
+
+Trunks: ``compact`` (small enough to train on a CPU for the built-in default), ``zf5`` (the
+SPP-net paper's ZF-5), and torchvision's ``alexnet`` and ``vgg16``; each stops at conv5
+(ReLU included, the last max pool excluded) and exposes
+
+* ``stride``: the product of all strides (16 for all four);
+* ``offset``: the image coordinate (internal continuous convention, pixel ``i`` covers
+  ``[i, i + 1)``) of the receptive-field centre of cell 0, derived from the layers' kernel,
+  stride and padding, so that cell ``j`` is centred at ``offset + stride * j``;
+* ``out_channels``, ``crop_size`` (R-CNN's warp size), ``pixel_mean`` / ``pixel_std``
+  (RGB, 0-255) and :meth:`Trunk.normalize`.
+
+The head (:class:`FCHead`) is fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout on the
+pyramid vector; ``head(pool5, layer)`` returns ``pool5``, ``fc6`` or ``fc7`` (after ReLU, as
+R-CNN's features), and ``fc8`` once :meth:`FCHead.add_classifier` created it.
+
+Weights (``NetworkConfig.weights``): ``imagenet`` loads torchvision's pretrained weights
+through torchvision's own API (AlexNet, VGG16); the fc6 trained on a 6 x 6 pooled input is
+turned into an fc6 for the pyramid with zeros on the other levels, so that it computes
+exactly what the pretrained fc6 computes on the 6 x 6 level. ``random`` initialises from
+``init_seed``; anything else is a path to a state-dict file: the project's ``.npz``
+(:func:`save_network`) or a ``.pth`` (ours or torchvision's key names).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from detect.errors import UserError
+from detect.fileio import atomic_save_npz, atomic_write_json
+from detect.spp import pyramid_dim
+
+__all__ = [
+    "TRUNKS",
+    "Trunk",
+    "FCHead",
+    "trunk_geometry",
+    "build_trunk",
+    "build_network",
+    "spp_fc6_from_6x6",
+    "save_network",
+    "load_network",
+    "load_state_file",
+]
+
+log = logging.getLogger(__name__)
+
+TRUNKS = ("compact", "zf5", "alexnet", "vgg16")
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def trunk_geometry(layers: Sequence[nn.Module]) -> tuple[int, float]:
+    """(total stride, centre of cell 0 in continuous image coordinates) of a layer stack.
+
+    Each conv/pool with kernel k, stride s, padding p maps output cell j to the input
+    position ``j * s - p + (k - 1) / 2`` (in input cells); composing from the pixels
+    (centres at ``i + 0.5``) gives ``offset + stride * j``.
+    """
+    stride, offset = 1, 0.5
+    for m in layers:
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            s = m.stride if isinstance(m.stride, int) else m.stride[0]
+            p = m.padding if isinstance(m.padding, int) else m.padding[0]
+            d = getattr(m, "dilation", 1)
+            d = d if isinstance(d, int) else d[0]
+            if getattr(m, "ceil_mode", False):
+                raise ValueError("ceil_mode pooling changes the geometry; not supported")
+            offset += stride * (d * (k - 1) / 2 - p)
+            stride *= s
+    return stride, offset
+
+
+class Trunk(nn.Module):
+    """Conv layers up to conv5: Tensor[B, 3, H, W] (normalised) -> Tensor[B, C, H', W']."""
+
+    def __init__(self, name: str, features: nn.Sequential, out_channels: int, crop_size: int,
+                 pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD):
+        super().__init__()
+        self.name = name
+        self.features = features
+        self.out_channels = out_channels
+        self.crop_size = crop_size
+        self.stride, self.offset = trunk_geometry(list(features))
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or float RGB images [B, 3, H, W] in 0..255 -> the trunk's input."""
+        return (images.float() - self.pixel_mean) / self.pixel_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, stride={self.stride}, offset={self.offset}, out_channels={self.out_channels}"
+
+
+class FCHead(nn.Module):
+    """fc6/fc7 (and optional fc8) on the pyramid vector."""
+
+    LAYERS = ("pool5", "fc6", "fc7", "fc8")
+
+    def __init__(self, in_dim: int, fc_dim: int = 4096, dropout: float = 0.5):
+        super().__init__()
+        self.in_dim, self.fc_dim, self.dropout_p = in_dim, fc_dim, dropout
+        self.fc6 = nn.Linear(in_dim, fc_dim)
+        self.fc7 = nn.Linear(fc_dim, fc_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.fc8: nn.Linear | None = None
+
+    def add_classifier(self, num_outputs: int, std: float = 0.01, seed: int = 0) -> nn.Linear:
+        """A new fc8 (K + 1 outputs for fine-tuning), Gaussian init with sigma 0.01."""
+        gen = torch.Generator().manual_seed(seed)
+        self.fc8 = nn.Linear(self.fc_dim, num_outputs)
+        with torch.no_grad():
+            self.fc8.weight.copy_(torch.randn(self.fc8.weight.shape, generator=gen) * std)
+            self.fc8.bias.zero_()
+        return self.fc8
+
+    def forward(self, pool5: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
+        if layer not in self.LAYERS:
+            raise ValueError(f"unknown layer {layer!r} (known: {', '.join(self.LAYERS)})")
+        if layer == "pool5":
+            return pool5
+        x = torch.relu(self.fc6(pool5))
+        if layer == "fc6":
+            return x
+        x = torch.relu(self.fc7(self.dropout(x)))
+        if layer == "fc7":
+            return x
+        if self.fc8 is None:
+            raise ValueError("fc8 does not exist: call add_classifier first")
+        return self.fc8(self.dropout(x))
+
+
+def _conv(cin, cout, k, s=1, bn=False):
+    layers = [nn.Conv2d(cin, cout, k, s, k // 2, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+def build_trunk(name: str) -> Trunk:
+    """An untrained trunk by name (see :data:`TRUNKS`)."""
+    if name == "compact":
+        # AlexNet's layout at about half its width, batch-normalised so that it trains
+        # quickly from scratch on a CPU; padding floor(k / 2) everywhere
+        f = nn.Sequential(
+            *_conv(3, 64, 7, 4, bn=True), nn.MaxPool2d(3, 2, 1),
+            *_conv(64, 128, 3, bn=True), nn.MaxPool2d(3, 2, 1),
+            *_conv(128, 192, 3, bn=True),
+            *_conv(192, 192, 3, bn=True),
+            *_conv(192, 128, 3, bn=True),
+        )
+        return Trunk("compact", f, 128, 96, pixel_mean=(128.0, 128.0, 128.0), pixel_std=(64.0, 64.0, 64.0))
+    if name == "zf5":
+        # ZF-5 (SPP-net, Table 1): conv1 96 7x7/2, pool 3/2, conv2 256 5x5/2, pool 3/2,
+        # conv3 384, conv4 384, conv5 256 (3x3); LRN after conv1 and conv2 as Zeiler-Fergus
+        f = nn.Sequential(
+            *_conv(3, 96, 7, 2), nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0), nn.MaxPool2d(3, 2, 1),
+            *_conv(96, 256, 5, 2), nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0), nn.MaxPool2d(3, 2, 1),
+            *_conv(256, 384, 3), *_conv(384, 384, 3), *_conv(384, 256, 3),
+        )
+        return Trunk("zf5", f, 256, 227, pixel_mean=(128.0, 128.0, 128.0), pixel_std=(1.0, 1.0, 1.0))
+    if name in ("alexnet", "vgg16"):
+        import torchvision
+
+        net = getattr(torchvision.models, name)(weights=None)
+        f = nn.Sequential(*list(net.features)[:-1])  # drop the max pool after conv5
+        return Trunk(name, f, 256 if name == "alexnet" else 512, 227 if name == "alexnet" else 224)
+    raise UserError(f"network.trunk: unknown trunk {name!r} (known: {', '.join(TRUNKS)})")
+
+
+def spp_fc6_from_6x6(weight_6x6: torch.Tensor, channels: int, levels: Sequence[int]) -> torch.Tensor:
+    """fc6 weight [out, C*36] trained on a 6 x 6 pooled input -> [out, C*sum(n*n)] for the
+    pyramid, zeros on every level but the (first) 6 x 6 one."""
+    levels = tuple(levels)
+    if 6 not in levels:
+        raise UserError(f"features.levels {levels} has no 6x6 level to carry the pretrained fc6")
+    out = weight_6x6.new_zeros((weight_6x6.shape[0], pyramid_dim(channels, levels)))
+    start = channels * sum(n * n for n in levels[: levels.index(6)])
+    out[:, start : start + channels * 36] = weight_6x6
+    return out
+
+
+def _imagenet_state(name: str) -> dict:
+    import torchvision
+
+    weights = {"alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
+               "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1}.get(name)
+    if weights is None:
+        raise UserError(f"network.weights=imagenet: torchvision has no ImageNet weights for trunk {name!r}; "
+                        "use a state-dict file or tools/pretrain.py")
+    filename = os.path.basename(weights.url)
+    hub = os.path.join(torch.hub.get_dir(), "checkpoints")
+    try:
+        return weights.get_state_dict(progress=False, check_hash=False)
+    except Exception as e:  # offline: URLError, socket errors, ...
+        raise UserError(f"cannot load torchvision's ImageNet weights for {name} ({type(e).__name__}); "
+                        f"place {filename} in {hub} (from {weights.url})") from None
+
+
+def _from_torchvision_state(name: str, state: dict, trunk: Trunk, head: FCHead, levels) -> None:
+    """Copy torchvision AlexNet/VGG16 ``features.*`` / ``classifier.*`` into trunk and head."""
+    trunk_state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    trunk.features.load_state_dict(trunk_state, strict=True)
+    fc6, fc7 = ("classifier.1", "classifier.4") if name == "alexnet" else ("classifier.0", "classifier.3")
+    w6 = state[f"{fc6}.weight"]
+    if head.fc_dim != w6.shape[0]:
+        raise UserError(f"network.fc_dim={head.fc_dim} but the ImageNet fc layers have {w6.shape[0]} units")
+    with torch.no_grad():
+        head.fc6.weight.copy_(spp_fc6_from_6x6(w6, trunk.out_channels, levels))
+        head.fc6.bias.copy_(state[f"{fc6}.bias"])
+        head.fc7.weight.copy_(state[f"{fc7}.weight"])
+        head.fc7.bias.copy_(state[f"{fc7}.bias"])
+
+
+def load_state_file(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from ``.npz`` (no pickle) or ``.pth`` (``weights_only`` loading)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: weights file not found")
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                return {k: torch.from_numpy(z[k].copy()) for k in z.files}
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable state-dict file ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def _network_state(trunk: Trunk, head: FCHead) -> dict[str, torch.Tensor]:
+    state = {f"trunk.{k}": v for k, v in trunk.state_dict().items()}
+    state.update({f"head.{k}": v for k, v in head.state_dict().items()})
+    return state
+
+
+def _load_into(path: str, state: dict, trunk: Trunk, head: FCHead, levels) -> None:
+    if any(k.startswith("features.") for k in state) and not any(k.startswith("trunk.") for k in state):
+        _from_torchvision_state(trunk.name, state, trunk, head, levels)
+        return
+    trunk_state = {k[6:]: v for k, v in state.items() if k.startswith("trunk.")}
+    head_state = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
+    if not trunk_state:
+        raise UserError(f"{path}: no trunk.* weights in the file")
+    if "fc8.weight" in head_state and head.fc8 is None:
+        head.add_classifier(head_state["fc8.weight"].shape[0])
+    try:
+        trunk.load_state_dict(trunk_state, strict=True)
+        if head_state:
+            head.load_state_dict(head_state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: weights do not fit trunk {trunk.name!r} ({first})") from None
+
+
+def build_network(net_cfg, levels: Sequence[int] = (6, 3, 2, 1), num_classes: int | None = None) -> tuple[Trunk, FCHead]:
+    """Trunk and head for a ``NetworkConfig`` (trunk, weights, init_seed, fc_dim, dropout),
+    in eval mode. ``num_classes``: add a (K + 1)-way fc8 when the weights have none."""
+    torch.manual_seed(net_cfg.init_seed)
+    trunk = build_trunk(net_cfg.trunk)
+    head = FCHead(pyramid_dim(trunk.out_channels, levels), net_cfg.fc_dim, net_cfg.dropout)
+    if net_cfg.weights == "imagenet":
+        _from_torchvision_state(net_cfg.trunk, _imagenet_state(net_cfg.trunk), trunk, head, levels)
+    elif net_cfg.weights != "random":
+        _load_into(net_cfg.weights, load_state_file(net_cfg.weights), trunk, head, levels)
+    if num_classes is not None and head.fc8 is None:
+        head.add_classifier(num_classes + 1, seed=net_cfg.init_seed)
+    trunk.eval()
+    head.eval()
+    return trunk, head
+
+
+def save_network(trunk: Trunk, head: FCHead, path: str, extra: dict | None = None) -> str:
+    """Write ``path`` (.npz of every weight, no pickle) and ``path``.json (architecture)."""
+    arrays = {k: v.detach().cpu().numpy() for k, v in _network_state(trunk, head).items()}
+    atomic_save_npz(path, **arrays)
+    meta = {"trunk": trunk.name, "out_channels": trunk.out_channels, "fc_dim": head.fc_dim,
+            "in_dim": head.in_dim, "fc8": None if head.fc8 is None else head.fc8.out_features}
+    meta.update(extra or {})
+    atomic_write_json(path + ".json", meta)
+    return path
+
+
+def load_network(path: str, levels: Sequence[int] = (6, 3, 2, 1), dropout: float = 0.5) -> tuple[Trunk, FCHead]:
+    """Inverse of :func:`save_network`: the architecture from ``path``.json, weights from
+    ``path``."""
+    meta_path = path + ".json"
+    if not os.path.isfile(meta_path):
+        raise UserError(f"{meta_path}: network description not found")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    trunk = build_trunk(meta["trunk"])
+    head = FCHead(pyramid_dim(trunk.out_channels, levels), int(meta["fc_dim"]), dropout)
+    _load_into(path, load_state_file(path), trunk, head, levels)
+    trunk.eval()
+    head.eval()
+    return trunk, head

@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+import torch
+
+from detect.config import NetworkConfig
+from detect.features import ConvMaps, RCNNFeatures, SPPFeatures, compress_head
+from detect.spp import pool_whole_map
+from detect.trunks import build_network
+
+
+@pytest.fixture(scope="module")
+def net():
+    return build_network(NetworkConfig(trunk="compact", fc_dim=64, init_seed=0))
+
+
+def image(h=120, w=160, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def boxes(seed=0, n=40, h=120, w=160):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, [w - 10, h - 10], (n, 2))
+    wh = rng.uniform(8, 100, (n, 2))
+    b = np.concatenate([xy, np.minimum(xy + wh, [w, h])], 1).astype(np.float32)
+    return np.concatenate([b, b[:5]])  # exact duplicates too
+
+
+def test_spp_shapes_layers_and_dedup(net):
+    trunk, head = net
+    spp = SPPFeatures(trunk, head, scales=(200,), max_side=1000)
+    f, t = spp.extract(image(), boxes(), ("pool5", "fc6", "fc7"))
+    assert f["pool5"].shape == (45, 128 * 50) and f["fc7"].shape == (45, 64)
+    assert set(t) == {"conv", "pool", "fc"}
+    np.testing.assert_array_equal(f["fc7"][40:], f["fc7"][:5])
+    # fc7 equals the head applied to pool5
+    with torch.no_grad():
+        ref = head(torch.from_numpy(f["pool5"]), "fc7").numpy()
+    np.testing.assert_allclose(f["fc7"], ref, rtol=1e-4, atol=1e-5)
+    empty, _ = spp.extract(image(), np.zeros((0, 4), np.float32), ("fc7",))
+    assert empty["fc7"].shape == (0, 64)
+
+
+def test_maps_cache_round_trip(net):
+    trunk, head = net
+    spp = SPPFeatures(trunk, head, scales=(150, 220))
+    maps = spp.compute_maps(image())
+    again = ConvMaps.from_arrays(spp.compute_maps(image()).to_arrays())
+    a = spp.features_from_maps(maps, boxes(), ("fc7",))["fc7"]
+    b = spp.features_from_maps(again, boxes(), ("fc7",))["fc7"]
+    np.testing.assert_allclose(a, b, rtol=0.02, atol=0.02)  # float16 storage
+
+
+def test_scale_choice_picks_area_closest_to_target(net):
+    trunk, head = net
+    spp = SPPFeatures(trunk, head, scales=(100, 200, 400), scale_target_size=100)
+    factors = [(1.0, 1.0), (2.0, 2.0), (4.0, 4.0)]
+    b = np.array([[0, 0, 100, 100], [0, 0, 50, 50], [0, 0, 25, 25], [0, 0, 400, 400]], np.float32)
+    np.testing.assert_array_equal(spp.choose_scales(factors, b), [0, 1, 2, 0])
+
+
+def test_max_side_caps_huge_inputs(net):
+    trunk, head = net
+    spp = SPPFeatures(trunk, head, scales=(688,), max_side=320)
+    assert spp.resized_size(4000, 6000, 688) == (213, 320)
+    maps = spp.compute_maps(np.zeros((400, 600, 3), np.uint8))
+    assert maps.maps[0].shape[1:] == (14, 20)
+
+
+def test_rcnn_warp_geometry_and_features(net):
+    trunk, head = net
+    rc = RCNNFeatures(trunk, head, crop_size=32, context_pad=4)
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[20:60, 30:50] = 255
+    crop = rc.warp(img, np.array([[30, 20, 50, 60]], np.float32))[0]
+    # the box fills the central 24 x 24 pixels, context (black) around it
+    assert crop[4:28, 4:28].min() > 200 and crop[0:3].max() < 60 and crop[:, 29:].max() < 60
+    # outside the image: the trunk's mean colour (normalises to 0)
+    far = rc.warp(img, np.array([[-300, -300, -200, -200]], np.float32))[0]
+    assert (far == 128).all()
+    f, t = rc.extract(image(), boxes(), ("pool5", "fc7"))
+    assert f["fc7"].shape == (45, 64) and set(t) == {"warp", "conv", "pool", "fc"}
+    # pool5 of one window equals the pyramid of the trunk on its warped crop
+    one = rc.warp(image(), boxes()[:1])
+    with torch.no_grad():
+        x = trunk.normalize(torch.from_numpy(one).permute(0, 3, 1, 2))
+        ref = pool_whole_map(trunk(x)).numpy()
+    np.testing.assert_allclose(f["pool5"][0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_svd_compressed_head_approximates(net):
+    _, head = net
+    x = torch.randn(20, head.in_dim)
+    full = compress_head(head, rank=64)  # full rank: exact up to rounding
+    with torch.no_grad():
+        torch.testing.assert_close(full(x, "fc7"), head(x, "fc7"), rtol=1e-3, atol=1e-4)
+        low = compress_head(head, rank=8)
+        assert low.fc6[0].weight.shape == (8, head.in_dim)
+        assert low(x, "fc7").shape == (20, 64)
