@@ -24,3 +24,21 @@ class SVMConfig:
     negative_iou: float = 0.3
     # SPP-net drops a negative overlapping another negative by more than this; 1.0: off
     negative_overlap: float = 0.7
+    # solver stops when the dual projected gradients spread <= this (liblinear -e: 0.1)
+    tol: float = 0.1
+    # solver's cap on passes over the cached rows (liblinear: 1000)
+    max_epochs: int = 1000
+    # storage of cached feature rows: float16 (half the memory) | float32
+    cache_dtype: str = "float16"
+
+    def __post_init__(self):
+        if not (self.C > 0 and self.bias_multiplier > 0 and self.pos_loss_weight > 0 and self.target_norm > 0):
+            raise ValueError("C, bias_multiplier, pos_loss_weight and target_norm must be positive")
+        if self.evict_threshold > self.hard_threshold:
+            raise ValueError(f"evict_threshold {self.evict_threshold} must not exceed hard_threshold {self.hard_threshold}")
+        if self.retrain_limit < 1 or self.max_epochs < 1 or not self.tol > 0:
+            raise ValueError("retrain_limit and max_epochs must be >= 1 and tol > 0")
+        if not 0 < self.negative_iou <= 1 or not self.negative_overlap > 0:
+            raise ValueError("negative_iou must lie in (0, 1] and negative_overlap be > 0")
+        if self.cache_dtype not in ("float16", "float32"):
+            raise ValueError(f"cache_dtype must be float16 or float32, got {self.cache_dtype!r}")

@@ -1,0 +1,146 @@
+"""The stages wired together: what ``tools/train_svm.py``, ``tools/test_net.py`` and
+``tools/demo.py`` call. Each function takes a config (or a model directory) and paths;
+caches are keyed by the settings each stage depends on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+
+from detect.config import Config, load_config, save_config
+from detect.errors import UserError
+from detect.fileio import atomic_write_json
+from detect.stages import build_proposal_store, open_dataset
+
+__all__ = ["train", "test", "demo"]
+
+log = logging.getLogger(__name__)
+
+
+def _add_file_handler(path: str) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None, progress: bool = True) -> str:
+    """Train SVMs (+ box regressors) for ``cfg``; returns the model directory."""
+    from detect.feature_sources import WindowFeatures
+    from detect.model import DetectionModel, save_model
+    from detect.training import train_detector
+
+    out_dir = out_dir or os.path.join(cfg.output_dir, cfg.name, "model")
+    os.makedirs(out_dir, exist_ok=True)
+    handler = _add_file_handler(os.path.join(out_dir, "train.log"))
+    try:
+        save_config(cfg, os.path.join(out_dir, "config.yaml"))
+        dataset = open_dataset(cfg, cfg.data.train_set, num_images)
+        log.info("training %s on %s/%s: %d images, %d classes", cfg.name, cfg.data.root,
+                 cfg.data.train_set, len(dataset), len(dataset.classes))
+        t0 = time.perf_counter()
+        store = build_proposal_store(cfg, dataset, progress)
+        t_prop = time.perf_counter() - t0
+        features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
+        work_dir = os.path.join(out_dir, "work")
+        result = train_detector(cfg, dataset, store, features.feature_fn(dataset), work_dir, progress)
+        result.report["seconds"]["proposals"] = t_prop
+        network_file = features.save_network_if_needed(out_dir)
+        model = DetectionModel(
+            config=cfg, classes=tuple(dataset.classes), svm_layer=cfg.features.layer,
+            svm_weights=result.svm_weights, svm_bias=result.svm_bias,
+            feature_scale=result.feature_scale, regressor=result.regressor,
+            bbox_layer=cfg.bbox_reg.layer, network_file=network_file)
+        save_model(model, out_dir)
+        atomic_write_json(os.path.join(out_dir, "train_report.json"), result.report)
+        log.info("model written to %s", out_dir)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    return out_dir
+
+
+def _model_and_config(model_dir: str, method: str | None, config_path: str | None, overrides):
+    from detect.model import load_model
+
+    model = load_model(model_dir)
+    cfg = load_config(config_path, overrides, base=model.config)
+    if method is not None and method != model.config.features.method:
+        raise UserError(
+            f"{model_dir}: the model's SVMs were trained on {model.config.features.method!r} features; "
+            f"train a {method!r} model (--set features.method={method}) to test that method")
+    if cfg.features.layer != model.svm_layer:
+        raise UserError(f"{model_dir}: features.layer={cfg.features.layer} differs from the trained {model.svm_layer}")
+    model.config = cfg
+    return model, cfg
+
+
+def test(model_dir: str, method: str | None = None, num_images: int | None = None, out_dir: str | None = None,
+         config_path: str | None = None, overrides=None, progress: bool = True):
+    """Detect on the test set and evaluate; returns (results dict, output directory)."""
+    from detect.evaluation import eval_detection_voc, format_ap_table, plot_pr_curves, write_voc_results
+    from detect.feature_sources import WindowFeatures
+    from detect.testing import median_timings, run_test
+
+    model, cfg = _model_and_config(model_dir, method, config_path, overrides)
+    dataset = open_dataset(cfg, cfg.data.test_set, num_images)
+    if tuple(dataset.classes) != tuple(model.classes):
+        raise UserError(f"{cfg.data.root}: classes {dataset.classes} differ from the model's {model.classes}")
+    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(model_dir)), f"test_{cfg.features.method}")
+    os.makedirs(out_dir, exist_ok=True)
+    save_config(cfg, os.path.join(out_dir, "config.yaml"))
+    store = build_proposal_store(cfg, dataset, progress)
+    features = WindowFeatures.from_config(cfg, network_file=model.network_file)
+    dets, timings = run_test(model, features.extract, dataset, store, dataset.image_ids, out_dir, progress)
+    gt_boxes, gt_labels, gt_difficult = dataset.gt_lists()
+    ev = eval_detection_voc(
+        [d.boxes for d in dets], [d.labels for d in dets], [d.scores for d in dets],
+        gt_boxes, gt_labels, gt_difficult, iou_thresh=0.5, use_07_metric=True,
+        num_classes=len(model.classes))
+    write_voc_results(out_dir, cfg.data.test_set, model.classes, dataset.image_ids,
+                      [d.boxes for d in dets], [d.labels for d in dets], [d.scores for d in dets])
+    title = f"{cfg.name} ({cfg.features.method}), mAP {ev['map']:.3f}"
+    plot_pr_curves(ev, model.classes, os.path.join(out_dir, "pr_curves.png"), title=title)
+    results = {
+        "method": cfg.features.method,
+        "config": cfg.name,
+        "model": os.path.abspath(model_dir),
+        "image_set": cfg.data.test_set,
+        "num_images": len(dataset),
+        "map": float(ev["map"]),
+        "ap_per_class": {name: (None if np.isnan(ap) else float(ap)) for name, ap in zip(model.classes, ev["ap"])},
+        "seconds_per_image": median_timings(timings),
+        "scales": list(cfg.features.scales),
+        "layer": cfg.features.layer,
+        "bbox_regression": model.regressor is not None,
+    }
+    atomic_write_json(os.path.join(out_dir, "results.json"), results)
+    results["table"] = format_ap_table(ev, model.classes)
+    return results, out_dir
+
+
+def demo(model_dir: str, image_path: str, out_path: str | None = None, threshold: float = 0.0,
+         config_path: str | None = None, overrides=None):
+    """Detections on one image, drawn to a PNG; returns ([(class, score, box)], png path)."""
+    from detect.feature_sources import WindowFeatures
+    from detect.testing import detect_image
+    from detect.visualize import draw_detections
+    from detect.voc import load_image
+    from proposals import compute_proposals
+
+    model, cfg = _model_and_config(model_dir, None, config_path, overrides)
+    image = load_image(image_path)
+    boxes = compute_proposals(image, cfg.proposals)
+    features = WindowFeatures.from_config(cfg, network_file=model.network_file)
+    det, _ = detect_image(model, features.extract, image, boxes)
+    keep = np.flatnonzero(det.scores >= threshold)
+    keep = keep[np.argsort(-det.scores[keep], kind="stable")]
+    rows = [(model.classes[det.labels[i]], float(det.scores[i]), det.boxes[i].tolist()) for i in keep]
+    if out_path is None:
+        stem = os.path.splitext(os.path.basename(image_path))[0]
+        out_path = f"{stem}_detections.png"
+    draw_detections(image, [r[2] for r in rows], [r[0] for r in rows], [r[1] for r in rows], out_path)
+    return rows, out_path

@@ -1,0 +1,203 @@
+"""Training a detector on window features: SVMs with hard-negative mining + box regression.
+
+Network-agnostic: windows become features through ``feature_fn(image_id, boxes, layers)
+-> {layer: float32 [N, D]}`` (SPP-net pools them from cached conv5 maps, R-CNN warps and
+runs the whole net; see :mod:`detect.feature_sources`), so SPP-net and R-CNN share this
+code line for line.
+
+The two passes of R-CNN's ``rcnn_train.m``:
+
+1. positives: the ground-truth boxes' features (``difficult`` ones too when
+   ``data.train_difficult``), the box-regression examples (proposals with IoU >=
+   ``bbox_reg.min_iou`` to their best ground truth), and a sample of proposal features
+   to fix the feature scale (mean L2 norm -> ``svm.target_norm``);
+2. one hard-negative mining pass over the images (``svm.HardNegativeMiner``).
+
+Both passes checkpoint to ``work_dir`` (atomic ``.npz`` / ``.json``), so an interrupted
+run resumes at the image where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from detect.bbox_regression import BoxRegressor, fit_box_regressor, select_regression_examples
+from detect.config import Config
+from detect.fileio import atomic_save_npz, atomic_write_json, load_npz
+from svm.mining import HardNegativeMiner, compute_feature_scale, select_negative_candidates
+
+__all__ = ["FeatureFn", "TrainingResult", "collect_positives", "mine_svms", "train_detector"]
+
+log = logging.getLogger(__name__)
+
+FeatureFn = Callable[[str, np.ndarray, Sequence[str]], dict]
+
+# proposals per image whose features are sampled to estimate the mean feature norm
+SCALE_SAMPLES_PER_IMAGE = 32
+# mining checkpoints are written every this many images
+CHECKPOINT_EVERY = 25
+
+
+@dataclass
+class TrainingResult:
+    svm_weights: np.ndarray
+    svm_bias: np.ndarray
+    feature_scale: float
+    regressor: BoxRegressor | None
+    report: dict = field(default_factory=dict)
+
+
+def _training_gt(annotation, train_difficult: bool):
+    keep = np.ones(len(annotation.labels), bool) if train_difficult else ~annotation.difficult
+    return annotation.boxes[keep], annotation.labels[keep]
+
+
+def collect_positives(
+    cfg: Config,
+    dataset,
+    proposals,
+    feature_fn: FeatureFn,
+    work_dir: str,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Pass 1. Returns arrays: ``pos_features`` [P, D], ``pos_labels`` [P], ``scale_sample``
+    [S, D], and for regression ``reg_features`` [M, Dr], ``reg_boxes``, ``reg_gt`` [M, 4],
+    ``reg_labels`` [M]. Cached in ``work_dir/positives.npz``."""
+    path = os.path.join(work_dir, "positives.npz")
+    if os.path.isfile(path):
+        log.info("positives: reusing %s", path)
+        return load_npz(path)
+    svm_layer, reg_layer = cfg.features.layer, cfg.bbox_reg.layer
+    layers = (svm_layer,) if not cfg.bbox_reg.enabled else tuple(dict.fromkeys((svm_layer, reg_layer)))
+    rng = np.random.default_rng(cfg.seed)
+    parts: dict[str, list] = {k: [] for k in ("pos_features", "pos_labels", "scale_sample",
+                                              "reg_features", "reg_boxes", "reg_gt", "reg_labels")}
+    for image_id in tqdm(dataset.image_ids, desc="positives", disable=not progress):
+        ann = dataset.annotation(image_id)
+        gt_boxes, gt_labels = _training_gt(ann, cfg.data.train_difficult)
+        props = proposals[image_id]
+        sample = rng.choice(len(props), size=min(SCALE_SAMPLES_PER_IMAGE, len(props)), replace=False)
+        reg_idx = np.zeros(0, np.int64)
+        reg_gt = np.zeros((0, 4), np.float32)
+        reg_labels = np.zeros(0, np.int64)
+        if cfg.bbox_reg.enabled:
+            # regression examples: proposals and the ground-truth boxes themselves
+            windows = np.concatenate([props, gt_boxes]).astype(np.float32)
+            reg_idx, reg_gt, reg_labels = select_regression_examples(
+                windows, ann.boxes, ann.labels, cfg.bbox_reg.min_iou)
+        else:
+            windows = props
+        # one feature computation for every window this image needs
+        wanted = np.unique(np.concatenate([sample, reg_idx]).astype(np.int64))
+        all_windows = np.concatenate([gt_boxes, windows[wanted]]).astype(np.float32)
+        feats = feature_fn(image_id, all_windows, layers)
+        g = len(gt_boxes)
+        parts["pos_features"].append(feats[svm_layer][:g])
+        parts["pos_labels"].append(gt_labels)
+        pos_in_wanted = np.searchsorted(wanted, sample)
+        parts["scale_sample"].append(feats[svm_layer][g:][pos_in_wanted])
+        if cfg.bbox_reg.enabled:
+            rows = g + np.searchsorted(wanted, reg_idx)
+            parts["reg_features"].append(feats[reg_layer][rows])
+            parts["reg_boxes"].append(windows[reg_idx])
+            parts["reg_gt"].append(reg_gt)
+            parts["reg_labels"].append(reg_labels)
+    out = {}
+    for k, v in parts.items():
+        if v:
+            out[k] = np.concatenate(v)
+    out["pos_labels"] = out["pos_labels"].astype(np.int64)
+    atomic_save_npz(path, **out)
+    return out
+
+
+def mine_svms(
+    cfg: Config,
+    dataset,
+    proposals,
+    feature_fn: FeatureFn,
+    positives: dict[str, np.ndarray],
+    feature_scale: float,
+    work_dir: str,
+    progress: bool = True,
+):
+    """Pass 2: one hard-negative mining pass, checkpointed every few images."""
+    num_classes = len(dataset.classes)
+    layer = cfg.features.layer
+    dim = positives["pos_features"].shape[1]
+    ckpt_arrays = os.path.join(work_dir, "mining_state.npz")
+    ckpt_meta = os.path.join(work_dir, "mining_state.json")
+    done = 0
+    if os.path.isfile(ckpt_arrays) and os.path.isfile(ckpt_meta):
+        with open(ckpt_meta, encoding="utf-8") as f:
+            meta = json.load(f)
+        miner = HardNegativeMiner.from_state_dict(load_npz(ckpt_arrays), meta["miner"])
+        done = int(meta["images_done"])
+        log.info("mining: resuming after %d of %d images", done, len(dataset))
+    else:
+        miner = HardNegativeMiner(num_classes, dim, cfg.svm, feature_scale=feature_scale)
+        miner.add_positives(positives["pos_features"], positives["pos_labels"])
+    ids = dataset.image_ids
+    bar = tqdm(total=len(ids), initial=done, desc="mining", disable=not progress)
+    for i in range(done, len(ids)):
+        image_id = ids[i]
+        ann = dataset.annotation(image_id)
+        props = proposals[image_id]
+        # every ground truth (difficult included) keeps its neighbourhood out of the negatives
+        candidates = select_negative_candidates(
+            props, ann.boxes, ann.labels, num_classes,
+            negative_iou=cfg.svm.negative_iou, negative_overlap=cfg.svm.negative_overlap)
+        feats = feature_fn(image_id, props, (layer,))[layer]
+        miner.process_image(image_id, feats, candidates)
+        bar.update(1)
+        if (i + 1) % CHECKPOINT_EVERY == 0 and i + 1 < len(ids):
+            arrays, meta = miner.state_dict()
+            atomic_save_npz(ckpt_arrays, **arrays)
+            atomic_write_json(ckpt_meta, {"images_done": i + 1, "miner": meta})
+    bar.close()
+    return miner.finish()
+
+
+def train_detector(
+    cfg: Config,
+    dataset,
+    proposals,
+    feature_fn: FeatureFn,
+    work_dir: str,
+    progress: bool = True,
+) -> TrainingResult:
+    """Both passes plus box regression. ``proposals[image_id]`` -> float32 [N, 4]."""
+    os.makedirs(work_dir, exist_ok=True)
+    t0 = time.perf_counter()
+    positives = collect_positives(cfg, dataset, proposals, feature_fn, work_dir, progress)
+    t1 = time.perf_counter()
+    feature_scale = compute_feature_scale(positives["scale_sample"], cfg.svm.target_norm)
+    log.info("feature scale %.4g (mean norm -> %g); %d positives", feature_scale,
+             cfg.svm.target_norm, len(positives["pos_labels"]))
+    W, b, svm_report = mine_svms(cfg, dataset, proposals, feature_fn, positives, feature_scale,
+                                 work_dir, progress)
+    t2 = time.perf_counter()
+    regressor = None
+    if cfg.bbox_reg.enabled:
+        reg_scale = compute_feature_scale(positives["reg_features"], cfg.svm.target_norm)
+        regressor = fit_box_regressor(
+            positives["reg_features"], positives["reg_boxes"], positives["reg_gt"],
+            positives["reg_labels"], len(dataset.classes), cfg.bbox_reg.ridge_lambda,
+            feature_scale=reg_scale)
+    t3 = time.perf_counter()
+    report = {
+        "classes": {name: dict(svm_report[k]) for k, name in enumerate(dataset.classes)},
+        "num_images": len(dataset),
+        "num_positives": int(len(positives["pos_labels"])),
+        "bbox_examples": int(len(positives.get("reg_labels", []))),
+        "feature_scale": float(feature_scale),
+        "seconds": {"positives": t1 - t0, "mining": t2 - t1, "bbox_regression": t3 - t2},
+    }
+    return TrainingResult(W, b, float(feature_scale), regressor, report)
