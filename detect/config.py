@@ -35,6 +35,7 @@ __all__ = [
     "BBoxRegConfig",
     "FinetuneConfig",
     "TestConfig",
+    "PretrainConfig",
     "ProposalConfig",
     "SVMConfig",
     "load_config",
@@ -143,6 +144,30 @@ class TestConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    # image set whose object and background crops train the classifier
+    train_set: str = "train"
+    # held-out image set for the accuracy report
+    val_set: str = "val"
+    # input sizes, one per epoch in turn (paper: 224 and 180; scaled to the compact trunk)
+    sizes: tuple[int, ...] = (96, 77)
+    # epochs over freshly drawn crops
+    epochs: int = 30
+    # crops per mini-batch
+    batch_size: int = 64
+    # initial AdamW learning rate (cosine decay to 0)
+    lr: float = 0.0005
+    # decoupled weight decay on weights (not on biases or batch-norm parameters)
+    weight_decay: float = 0.0001
+    # object boxes are jittered by up to this fraction of their size
+    jitter: float = 0.1
+    # background crops drawn per image and epoch
+    background_per_image: int = 4
+    # where the pretrained network is written ("" = <output_dir>/<name>/pretrain/network.npz)
+    out: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     # experiment name, used for output directories
     name: str = "default"
@@ -160,6 +185,7 @@ class Config:
     bbox_reg: BBoxRegConfig = field(default_factory=BBoxRegConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 # ----------------------------------------------------------------------------- building

@@ -34,7 +34,15 @@ import torch
 from detect.spp import pool_whole_map, project_windows_to_map, spatial_pyramid_pool
 from detect.trunks import FCHead, Trunk
 
-__all__ = ["ConvMaps", "SPPFeatures", "RCNNFeatures", "build_features", "compress_head"]
+__all__ = [
+    "ConvMaps",
+    "SPPFeatures",
+    "RCNNFeatures",
+    "build_features",
+    "compress_head",
+    "dilate_windows",
+    "warp_windows",
+]
 
 LAYERS = ("pool5", "fc6", "fc7")
 
@@ -89,6 +97,35 @@ def _head_layers(head: FCHead, pool5: torch.Tensor, layers: Sequence[str], batch
             if "fc7" in out:
                 out["fc7"].append(x)
     return {k: torch.cat(v).numpy().astype(np.float32, copy=False) for k, v in out.items()}
+
+
+def dilate_windows(boxes: np.ndarray, crop_size: float, context_pad: float) -> np.ndarray:
+    """Boxes grown so that, warped to ``crop_size``, the original box fills the central
+    ``crop_size - 2 * context_pad`` pixels (R-CNN appendix A)."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    grow = context_pad / (crop_size - 2 * context_pad)
+    w = b[:, 2] - b[:, 0]
+    h = b[:, 3] - b[:, 1]
+    return np.stack([b[:, 0] - grow * w, b[:, 1] - grow * h, b[:, 2] + grow * w, b[:, 3] + grow * h], 1)
+
+
+def warp_windows(image: np.ndarray, boxes: np.ndarray, crop_size: int, context_pad: float,
+                 border: tuple[float, float, float]) -> np.ndarray:
+    """RGB uint8 image + boxes [B, 4] -> uint8 crops [B, crop, crop, 3].
+
+    Each window is dilated (:func:`dilate_windows`) and warped by one affine map
+    (bilinear, anisotropic, sub-pixel exact in the continuous box convention); outside the
+    image the ``border`` colour."""
+    size = int(crop_size)
+    out = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(dilate_windows(boxes, size, context_pad).astype(np.float64)):
+        sx = size / max(x2 - x1, 1e-6)
+        sy = size / max(y2 - y1, 1e-6)
+        # continuous x maps to (x - x1) * sx; cv2 indexes pixel centres (the 0.5 shifts)
+        m = np.array([[sx, 0.0, -x1 * sx + 0.5 * sx - 0.5], [0.0, sy, -y1 * sy + 0.5 * sy - 0.5]])
+        out[i] = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+    return out
 
 
 class SPPFeatures:
@@ -192,30 +229,13 @@ class RCNNFeatures:
         self.batch_size = int(batch_size)
 
     def dilate(self, boxes: np.ndarray) -> np.ndarray:
-        """Boxes grown so that, warped to crop_size, the original box fills the central
-        ``crop_size - 2 * context_pad`` pixels (R-CNN appendix A)."""
-        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        grow = self.context_pad / (self.crop_size - 2 * self.context_pad)
-        w = b[:, 2] - b[:, 0]
-        h = b[:, 3] - b[:, 1]
-        return np.stack([b[:, 0] - grow * w, b[:, 1] - grow * h, b[:, 2] + grow * w, b[:, 3] + grow * h], 1)
+        return dilate_windows(boxes, self.crop_size, self.context_pad)
 
     def warp(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """RGB uint8 image + boxes [B, 4] -> uint8 crops [B, crop, crop, 3].
-
-        One affine warp per window (bilinear, sub-pixel exact in the continuous box
-        convention); outside the image the trunk's mean colour, which normalises to 0."""
-        size = self.crop_size
+        """uint8 crops [B, crop, crop, 3]; outside the image the trunk's mean colour,
+        which normalises to 0."""
         border = tuple(float(v) for v in self.trunk.pixel_mean.flatten().tolist())
-        out = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
-        for i, (x1, y1, x2, y2) in enumerate(self.dilate(boxes).astype(np.float64)):
-            sx = size / max(x2 - x1, 1e-6)
-            sy = size / max(y2 - y1, 1e-6)
-            # continuous x maps to (x - x1) * sx; cv2 works on pixel centres (+0.5 shifts)
-            m = np.array([[sx, 0.0, -x1 * sx + 0.5 * sx - 0.5], [0.0, sy, -y1 * sy + 0.5 * sy - 0.5]])
-            out[i] = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=border)
-        return out
+        return warp_windows(image, boxes, self.crop_size, self.context_pad, border)
 
     def extract(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
         layers = _check_layers(layers)

@@ -144,3 +144,60 @@ def demo(model_dir: str, image_path: str, out_path: str | None = None, threshold
         out_path = f"{stem}_detections.png"
     draw_detections(image, [r[2] for r in rows], [r[0] for r in rows], [r[1] for r in rows], out_path)
     return rows, out_path
+
+
+def pretrained_network_path(cfg: Config) -> str:
+    return cfg.pretrain.out or os.path.join(cfg.output_dir, cfg.name, "pretrain", "network.npz")
+
+
+def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -> dict:
+    """Pretrain the configured trunk (multi-size; with ``compare`` also single-size) and
+    save the multi-size network; cached: a finished run with the same settings is reused."""
+    import json
+
+    import torch
+
+    from detect.config import config_to_dict
+    from detect.fileio import stable_hash
+    from detect.pretrain import CropSampler, pretrain
+    from detect.trunks import build_network, save_network
+
+    path = pretrained_network_path(cfg)
+    out_dir = os.path.dirname(path)
+    report_path = os.path.join(out_dir, "pretrain_report.json")
+    key = stable_hash({"pretrain": config_to_dict(cfg.pretrain), "network": config_to_dict(cfg.network),
+                       "levels": list(cfg.features.levels), "data": cfg.data.root, "seed": cfg.seed})
+    runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
+    if os.path.isfile(report_path) and os.path.isfile(path):
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+        if report.get("key") == key and {tuple(r["sizes"]) for r in report["runs"]} >= set(runs_wanted):
+            log.info("pretraining: reusing %s", path)
+            return report
+    os.makedirs(out_dir, exist_ok=True)
+    train_ds = open_dataset(cfg, cfg.pretrain.train_set)
+    val_ds = open_dataset(cfg, cfg.pretrain.val_set)
+    p = cfg.pretrain
+    train_sampler = CropSampler(train_ds, jitter=p.jitter, background_per_image=p.background_per_image)
+    val_sampler = CropSampler(val_ds, jitter=p.jitter, background_per_image=p.background_per_image)
+    runs = []
+    for sizes in runs_wanted:
+        import dataclasses
+
+        trunk, head = build_network(dataclasses.replace(cfg.network, weights="random"), cfg.features.levels)
+        head.add_classifier(len(train_ds.classes) + 1, seed=cfg.network.init_seed)
+        result = pretrain(trunk, head, cfg.features.levels, train_sampler, val_sampler, sizes=sizes,
+                          epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+                          weight_decay=p.weight_decay, seed=cfg.seed, eval_size=p.sizes[0], progress=progress)
+        runs.append({"sizes": list(sizes), "val_accuracy": result.val_accuracy, "seconds": result.seconds,
+                     "history": result.history})
+        log.info("pretraining %s: validation accuracy %.4f in %.0f s", sizes, result.val_accuracy, result.seconds)
+        if sizes == runs_wanted[0]:
+            save_network(trunk, head, path, extra={"pretrain": config_to_dict(cfg.pretrain),
+                                                   "val_accuracy": result.val_accuracy})
+        del trunk, head
+        torch.set_grad_enabled(True)
+    report = {"key": key, "network": path, "classes": list(train_ds.classes), "runs": runs,
+              "train_images": len(train_ds), "val_images": len(val_ds)}
+    atomic_write_json(report_path, report)
+    return report

@@ -1,0 +1,142 @@
+"""SPP-net vs R-CNN feature extraction on the same trunk and fc weights.
+
+For each of ``--num-images`` generated images (VOC-sized) and ``--windows`` random windows
+per image (proposals are a separate, separately timed stage), measures seconds per image
+per stage for SPP-net at 1 scale (688) and 5 scales (480..1200), R-CNN (warp + whole
+network per window), and SPP-net with truncated-SVD fc6/fc7; then the pooling kernel
+alone against torchvision's ``roi_pool`` (4 calls, one per level) on a 256 x 43 x 57 map.
+Random weights: timing does not depend on them. Medians over images, ratios from the same
+run. Prints a table and writes JSON (default ``bench/results/spp_vs_rcnn.json``).
+
+Example::
+
+    python bench/spp_vs_rcnn.py --trunk alexnet --num-images 5 --windows 2000
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trunk", default="alexnet", help="compact | zf5 | alexnet | vgg16 (default: %(default)s)")
+    parser.add_argument("--fc-dim", type=int, default=4096, help="fc6/fc7 width (default: %(default)s)")
+    parser.add_argument("--num-images", type=int, default=5)
+    parser.add_argument("--windows", type=int, default=2000)
+    parser.add_argument("--svd-rank", type=int, default=256, help="rank of the compressed fc6/fc7")
+    parser.add_argument("--data", default="data/cache/bench/synthetic")
+    parser.add_argument("--out", default="bench/results/spp_vs_rcnn.json")
+    return parser
+
+
+def random_windows(rng, n, h, w):
+    """Windows of varied size and aspect, like selective search's (20 px to the image)."""
+    side = np.exp(rng.uniform(np.log(20), np.log(min(h, w)), n))
+    aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0), n))
+    bw = np.minimum(side * np.sqrt(aspect), w)
+    bh = np.minimum(side / np.sqrt(aspect), h)
+    x = rng.uniform(0, w - bw)
+    y = rng.uniform(0, h - bh)
+    return np.stack([x, y, x + bw, y + bh], 1).astype(np.float32)
+
+
+def time_method(extractor, images, windows):
+    rows = []
+    for img, boxes in zip(images, windows):
+        _, seconds = extractor.extract(img, boxes, ("fc7",))
+        seconds["total"] = sum(seconds.values())
+        rows.append(seconds)
+    return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from detect.config import NetworkConfig
+    from detect.features import RCNNFeatures, SPPFeatures, compress_head
+    from detect.fileio import atomic_write_json
+    from detect.spp import spatial_pyramid_pool
+    from detect.synthetic import generate_synthetic_voc
+    from detect.trunks import build_network
+    from detect.voc import VOCDataset
+    from torchvision.ops import roi_pool
+
+    torch.manual_seed(0)
+    root = generate_synthetic_voc(args.data, seed=0, num_trainval=0, num_test=max(args.num_images, 50), progress=False)
+    ds = VOCDataset(root, "test")
+    rng = np.random.default_rng(0)
+    images = [ds.load_image(i) for i in ds.image_ids[: args.num_images]]
+    windows = [random_windows(rng, args.windows, *im.shape[:2]) for im in images]
+    trunk, head = build_network(NetworkConfig(trunk=args.trunk, fc_dim=args.fc_dim))
+    crop = trunk.crop_size
+    methods = {
+        "spp_1scale": SPPFeatures(trunk, head, scales=(688,)),
+        "spp_5scale": SPPFeatures(trunk, head, scales=(480, 576, 688, 864, 1200)),
+        "spp_1scale_svd": SPPFeatures(trunk, compress_head(head, args.svd_rank), scales=(688,)),
+        "spp_5scale_svd": SPPFeatures(trunk, compress_head(head, args.svd_rank), scales=(480, 576, 688, 864, 1200)),
+        "rcnn": RCNNFeatures(trunk, head, crop_size=crop, context_pad=round(16 * crop / 227)),
+    }
+    results = {}
+    for name, extractor in methods.items():
+        extractor.extract(images[0], windows[0][:50], ("fc7",))  # warm-up
+        t0 = time.perf_counter()
+        results[name] = time_method(extractor, images, windows)
+        print(f"{name}: {results[name]['total']:.3f} s/image ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    # the pooling kernel alone
+    fmap = torch.randn(256, 43, 57)
+    cells = np.stack([rng.integers(0, 20, args.windows), rng.integers(0, 15, args.windows),
+                      rng.integers(20, 57, args.windows), rng.integers(15, 43, args.windows)], 1)
+    rois = torch.zeros((args.windows, 5))
+    rois[:, 1:] = torch.from_numpy(cells * 16.0)
+    rois[:, 3:] += 15
+    kernel = {}
+    for name, fn in {
+        "spatial_pyramid_pool": lambda: spatial_pyramid_pool(fmap, cells),
+        "torchvision_roi_pool": lambda: [roi_pool(fmap[None], rois, (n, n), 1 / 16) for n in (6, 3, 2, 1)],
+    }.items():
+        fn()
+        ts = []
+        for _ in range(5):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        kernel[name] = float(np.median(ts))
+
+    spp1, spp5, rc = results["spp_1scale"], results["spp_5scale"], results["rcnn"]
+    ratios = {
+        "rcnn_over_spp_1scale": rc["total"] / spp1["total"],
+        "rcnn_over_spp_5scale": rc["total"] / spp5["total"],
+        "rcnn_over_spp_1scale_svd": rc["total"] / results["spp_1scale_svd"]["total"],
+        "rcnn_over_spp_5scale_svd": rc["total"] / results["spp_5scale_svd"]["total"],
+        "pool_share_of_spp_1scale": spp1["pool"] / spp1["total"],
+        "roi_pool_over_spp_kernel": kernel["torchvision_roi_pool"] / kernel["spatial_pyramid_pool"],
+    }
+    stages = ["warp", "conv", "pool", "fc", "total"]
+    print(f"\n{args.trunk}, fc {args.fc_dim}, {args.windows} windows/image, median of {len(images)} images "
+          f"(seconds per image, proposals excluded)")
+    print(f"{'method':<16}" + "".join(f"{s:>9}" for s in stages))
+    for name, r in results.items():
+        print(f"{name:<16}" + "".join(f"{r.get(s, 0.0):9.3f}" for s in stages))
+    print("\npooling kernel, 256x43x57 map, levels 6/3/2/1: "
+          f"ours {1000 * kernel['spatial_pyramid_pool']:.1f} ms, roi_pool {1000 * kernel['torchvision_roi_pool']:.1f} ms")
+    for k, v in ratios.items():
+        print(f"{k:<28} {v:8.2f}")
+    atomic_write_json(args.out, {
+        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "trunk": args.trunk, "fc_dim": args.fc_dim,
+        "windows": args.windows, "images": len(images), "svd_rank": args.svd_rank,
+        "seconds_per_image": results, "pool_kernel_seconds": kernel, "ratios": ratios,
+    })
+    print(f"\nwritten {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
