@@ -96,21 +96,16 @@ class WindowFeatures:
                 "scales": list(f.scales), "max_side": f.max_side, "dtype": "float16"})
         return directory
 
-    def feature_fn(self, dataset):
-        """``fn(image_id, boxes, layers) -> {layer: [N, D]}`` for :mod:`detect.training`."""
-        from detect.features import ConvMaps, SPPFeatures
-
-        if not isinstance(self.extractor, SPPFeatures) or self.cache_root is None:
-            def rcnn_fn(image_id, boxes, layers):
-                return self.extractor.extract(dataset.load_image(image_id), boxes, layers)[0]
-
-            return rcnn_fn
+    def conv_maps_fn(self, dataset):
+        """``fn(image_id) -> ConvMaps`` reading and filling the float16 conv5 cache (the
+        last image is kept in memory: both training passes ask for it repeatedly)."""
+        from detect.features import ConvMaps
 
         directory = self._conv_cache_dir()
         spp = self.extractor
-        last = {"id": None, "maps": None}  # both passes ask for one image several times
+        last = {"id": None, "maps": None}
 
-        def spp_fn(image_id, boxes, layers):
+        def maps_fn(image_id):
             if last["id"] != image_id:
                 path = os.path.join(directory, f"{image_id}.npz")
                 st = os.stat(dataset.image_path(image_id))
@@ -126,6 +121,23 @@ class WindowFeatures:
                     # the same float16 rounding whether the maps were cached or not
                     maps = ConvMaps.from_arrays(maps.to_arrays())
                 last["id"], last["maps"] = image_id, maps
-            return spp.features_from_maps(last["maps"], boxes, layers)
+            return last["maps"]
+
+        return maps_fn
+
+    def feature_fn(self, dataset):
+        """``fn(image_id, boxes, layers) -> {layer: [N, D]}`` for :mod:`detect.training`."""
+        from detect.features import SPPFeatures
+
+        if not isinstance(self.extractor, SPPFeatures) or self.cache_root is None:
+            def rcnn_fn(image_id, boxes, layers):
+                return self.extractor.extract(dataset.load_image(image_id), boxes, layers)[0]
+
+            return rcnn_fn
+
+        maps_fn = self.conv_maps_fn(dataset)
+
+        def spp_fn(image_id, boxes, layers):
+            return self.extractor.features_from_maps(maps_fn(image_id), boxes, layers)
 
         return spp_fn

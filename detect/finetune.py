@@ -1,0 +1,106 @@
+"""Fine-tuning fc6, fc7 and a new (K + 1)-way fc8 on pooled conv5 vectors (SPP-net 4).
+
+The conv layers stay frozen, which is what lets the conv5 maps be cached: every mini-batch
+pools its windows from the cached maps of ``images_per_batch`` images (Fast R-CNN's
+sampling; SPP-net's own code sampled across images) and only the fc layers see gradients.
+Windows are labelled by their best IoU with the image's ground truth: ``[fg_iou, 1]`` ->
+that object's class, ``[bg_iou_low, fg_iou)`` -> background (0), the rest unused; a
+mini-batch holds ``fg_fraction`` positives (25% in the paper) when the images have them.
+SGD with momentum; the learning rate drops tenfold for the last sixth of the iterations
+(the paper: 1e-4 for 250k mini-batches, then 1e-5 for 50k).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detect.boxes import box_iou
+
+__all__ = ["label_windows", "finetune_head"]
+
+log = logging.getLogger(__name__)
+
+
+def label_windows(boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray, fg_iou: float, bg_iou_low: float):
+    """Per window: label (class + 1 for positives, 0 for background, -1 unused)."""
+    labels = np.full(len(boxes), -1, dtype=np.int64)
+    if len(boxes) == 0:
+        return labels
+    if len(gt_boxes) == 0:
+        return labels  # no object: no background interval [0.1, 0.5) is defined either
+    iou = box_iou(boxes, gt_boxes)
+    best = iou.argmax(axis=1)
+    best_iou = iou[np.arange(len(boxes)), best]
+    labels[(best_iou >= bg_iou_low) & (best_iou < fg_iou)] = 0
+    fg = best_iou >= fg_iou
+    labels[fg] = gt_labels[best[fg]] + 1
+    return labels
+
+
+def finetune_head(head, spp, maps_fn, dataset, proposals, cfg_finetune, seed: int = 0,
+                  images_per_batch: int = 2, momentum: float = 0.9, weight_decay: float = 5e-4,
+                  progress: bool = True) -> dict:
+    """Train ``head`` (with fc8 already added) in place; returns a small report.
+
+    ``maps_fn(image_id)`` gives the image's cached conv maps; ``spp`` pools windows from
+    them (``spp.pool``)."""
+    f = cfg_finetune
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    per_image = max(1, f.batch_size // images_per_batch)
+    n_fg = int(round(per_image * f.fg_fraction))
+    params = list(head.fc6.parameters()) + list(head.fc7.parameters()) + list(head.fc8.parameters())
+    opt = torch.optim.SGD(params, lr=f.lr, momentum=momentum, weight_decay=weight_decay)
+    drop_at = int(math.ceil(f.iterations * 5 / 6))
+    ids = list(dataset.image_ids)
+    labels_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    history = []
+    t0 = time.perf_counter()
+    head.train()
+    bar = tqdm(range(f.iterations), desc="fine-tune fc", disable=not progress)
+    running_loss, running_acc = 0.0, 0.0
+    for it in bar:
+        if it == drop_at:
+            for g in opt.param_groups:
+                g["lr"] = f.lr * 0.1
+        pooled, targets = [], []
+        for image_id in rng.choice(ids, size=min(images_per_batch, len(ids)), replace=False):
+            if image_id not in labels_cache:
+                ann = dataset.annotation(image_id)
+                windows = np.concatenate([proposals[image_id], ann.boxes]).astype(np.float32)
+                labels_cache[image_id] = (windows, label_windows(windows, ann.boxes, ann.labels, f.fg_iou, f.bg_iou_low))
+            windows, labels = labels_cache[image_id]
+            fg = np.flatnonzero(labels > 0)
+            bg = np.flatnonzero(labels == 0)
+            take_fg = rng.choice(fg, size=min(n_fg, len(fg)), replace=False) if len(fg) else fg
+            take_bg = rng.choice(bg, size=min(per_image - len(take_fg), len(bg)), replace=False) if len(bg) else bg
+            rows = np.concatenate([take_fg, take_bg]).astype(np.int64)
+            if len(rows) == 0:
+                continue
+            with torch.no_grad():
+                p, inverse = spp.pool(maps_fn(image_id), windows[rows])
+                pooled.append(p[torch.from_numpy(inverse)])
+            targets.append(torch.from_numpy(labels[rows]))
+        if not pooled:
+            continue
+        x = torch.cat(pooled)
+        y = torch.cat(targets)
+        logits = head(x, "fc8")
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running_loss = 0.98 * running_loss + 0.02 * loss.item() if it else loss.item()
+        acc = float((logits.detach().argmax(1) == y).float().mean())
+        running_acc = 0.98 * running_acc + 0.02 * acc if it else acc
+        if (it + 1) % 50 == 0 or it + 1 == f.iterations:
+            history.append({"iteration": it + 1, "loss": running_loss, "accuracy": running_acc})
+            bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{running_acc:.3f}")
+    head.eval()
+    return {"iterations": f.iterations, "seconds": time.perf_counter() - t0, "history": history,
+            "final_loss": running_loss, "final_accuracy": running_acc}

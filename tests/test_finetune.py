@@ -1,0 +1,42 @@
+import numpy as np
+import torch
+
+from detect.config import FinetuneConfig, NetworkConfig
+from detect.features import SPPFeatures
+from detect.finetune import finetune_head, label_windows
+from detect.voc import VOCDataset
+from detect.trunks import build_network
+
+
+def test_label_windows_intervals():
+    gt = np.array([[0, 0, 10, 10], [50, 50, 70, 70]], np.float32)
+    boxes = np.array([
+        [0, 0, 10, 20],     # IoU 0.5 with gt0 -> class 3 + 1
+        [0, 0, 10, 21],     # 100 / 210 < 0.5 -> background
+        [0, 0, 10, 100],    # IoU 0.1 exactly -> background (interval is closed below)
+        [0, 0, 10, 101],    # below 0.1 -> unused
+        [50, 50, 70, 70],   # gt1 -> class 5 + 1
+    ], np.float32)
+    np.testing.assert_array_equal(label_windows(boxes, gt, np.array([3, 5]), 0.5, 0.1), [4, 0, 0, -1, 6])
+    assert (label_windows(boxes, np.zeros((0, 4)), np.zeros(0, np.int64), 0.5, 0.1) == -1).all()
+
+
+def test_finetune_updates_only_the_head(synthetic_voc):
+    ds = VOCDataset(synthetic_voc, "trainval")
+    trunk, head = build_network(NetworkConfig(trunk="compact", fc_dim=32))
+    head.add_classifier(len(ds.classes) + 1)
+    spp = SPPFeatures(trunk, head, scales=(200,))
+    maps = {i: spp.compute_maps(ds.load_image(i)) for i in ds.image_ids}
+    rng = np.random.default_rng(0)
+    props = {}
+    for i in ds.image_ids:
+        a = ds.annotation(i)
+        jitter = a.boxes[rng.integers(0, len(a.boxes), 40)] + rng.normal(0, 8, (40, 4)).astype(np.float32)
+        props[i] = np.concatenate([jitter, a.boxes])
+    trunk_before = [p.detach().clone() for p in trunk.parameters()]
+    fc6_before = head.fc6.weight.detach().clone()
+    report = finetune_head(head, spp, maps.__getitem__, ds, props,
+                           FinetuneConfig(iterations=12, batch_size=16, lr=1e-3), progress=False)
+    assert report["iterations"] == 12 and np.isfinite(report["final_loss"])
+    assert not torch.equal(fc6_before, head.fc6.weight)
+    assert all(torch.equal(a, b) for a, b in zip(trunk_before, trunk.parameters()))
