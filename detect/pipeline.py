@@ -175,6 +175,7 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
             log.info("pretraining: reusing %s", path)
             return report
     os.makedirs(out_dir, exist_ok=True)
+    save_config(cfg, os.path.join(out_dir, "config.yaml"))
     train_ds = open_dataset(cfg, cfg.pretrain.train_set)
     val_ds = open_dataset(cfg, cfg.pretrain.val_set)
     p = cfg.pretrain
@@ -214,6 +215,7 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     if cfg.features.method != "spp":
         raise UserError("fine-tuning on cached conv5 vectors needs features.method=spp")
     out_path = out_path or os.path.join(cfg.output_dir, cfg.name, "finetune", "network.npz")
+    save_config(cfg, os.path.join(os.path.dirname(os.path.abspath(out_path)), "config.yaml"))
     dataset = open_dataset(cfg, cfg.data.train_set)
     store = build_proposal_store(cfg, dataset, progress)
     features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))

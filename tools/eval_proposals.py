@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     def body() -> int:
         setup_logging()
         cfg = config_from_args(args)
+        from detect.config import save_config
         from detect.fileio import atomic_write_json
         from detect.stages import build_proposal_store, open_dataset
         from proposals.report import format_proposal_table, plot_recall_curves, proposal_summary
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
             props = [store[i] for i in dataset.image_ids]
             rows.append(proposal_summary(backend, props, gt, [store.seconds(i) for i in dataset.image_ids]))
         out = args.out or os.path.join(cfg.output_dir, cfg.name, "proposals")
+        save_config(cfg, os.path.join(out, "config.yaml"))
         atomic_write_json(os.path.join(out, "proposal_recall.json"), {"image_set": dataset.image_set, "rows": rows})
         plot_recall_curves(rows, os.path.join(out, "proposal_recall.png"), title=f"{cfg.data.root} {dataset.image_set}")
         print(format_proposal_table(rows))
