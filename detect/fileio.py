@@ -72,12 +72,12 @@ def atomic_write_json(path, obj: Any, indent: int = 2) -> None:
 
 def atomic_save_npz(path, compressed: bool = False, **arrays: np.ndarray) -> None:
     """``np.savez`` written atomically (no pickle: object arrays are refused)."""
-    buf = io.BytesIO()
     for name, arr in arrays.items():
         if np.asarray(arr).dtype == object:
             raise TypeError(f"refusing to store object array {name!r} (would need pickle)")
-    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    # streamed into the temporary file: no second copy of large arrays in memory
+    with atomic_open(path, "wb") as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
 
 
 def load_npz(path) -> dict[str, np.ndarray]:

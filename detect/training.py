@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from detect.bbox_regression import BoxRegressor, fit_box_regressor, select_regression_examples
 from detect.config import Config
-from detect.fileio import atomic_save_npz, atomic_write_json, load_npz
+from detect.fileio import atomic_save_npz, load_npz
 from svm.mining import HardNegativeMiner, compute_feature_scale, select_negative_candidates
 
 __all__ = ["FeatureFn", "TrainingResult", "collect_positives", "mine_svms", "train_detector"]
@@ -41,8 +41,8 @@ FeatureFn = Callable[[str, np.ndarray, Sequence[str]], dict]
 
 # proposals per image whose features are sampled to estimate the mean feature norm
 SCALE_SAMPLES_PER_IMAGE = 32
-# mining checkpoints are written every this many images
-CHECKPOINT_EVERY = 25
+# a mining checkpoint (the whole negative cache) is written when this much time has passed
+CHECKPOINT_SECONDS = 300.0
 
 
 @dataclass
@@ -132,13 +132,12 @@ def mine_svms(
     num_classes = len(dataset.classes)
     layer = cfg.features.layer
     dim = positives["pos_features"].shape[1]
-    ckpt_arrays = os.path.join(work_dir, "mining_state.npz")
-    ckpt_meta = os.path.join(work_dir, "mining_state.json")
+    ckpt_path = os.path.join(work_dir, "mining_state.npz")
     done = 0
-    if os.path.isfile(ckpt_arrays) and os.path.isfile(ckpt_meta):
-        with open(ckpt_meta, encoding="utf-8") as f:
-            meta = json.load(f)
-        miner = HardNegativeMiner.from_state_dict(load_npz(ckpt_arrays), meta["miner"])
+    if os.path.isfile(ckpt_path):
+        arrays = load_npz(ckpt_path)
+        meta = json.loads(arrays.pop("checkpoint_meta").tobytes().decode("utf-8"))
+        miner = HardNegativeMiner.from_state_dict(arrays, meta["miner"])
         done = int(meta["images_done"])
         log.info("mining: resuming after %d of %d images", done, len(dataset))
     else:
@@ -146,6 +145,7 @@ def mine_svms(
         miner.add_positives(positives["pos_features"], positives["pos_labels"])
     ids = dataset.image_ids
     bar = tqdm(total=len(ids), initial=done, desc="mining", disable=not progress)
+    last_checkpoint = time.perf_counter()
     for i in range(done, len(ids)):
         image_id = ids[i]
         ann = dataset.annotation(image_id)
@@ -157,10 +157,13 @@ def mine_svms(
         feats = feature_fn(image_id, props, (layer,))[layer]
         miner.process_image(image_id, feats, candidates)
         bar.update(1)
-        if (i + 1) % CHECKPOINT_EVERY == 0 and i + 1 < len(ids):
+        if time.perf_counter() - last_checkpoint > CHECKPOINT_SECONDS and i + 1 < len(ids):
             arrays, meta = miner.state_dict()
-            atomic_save_npz(ckpt_arrays, **arrays)
-            atomic_write_json(ckpt_meta, {"images_done": i + 1, "miner": meta})
+            # one file, written atomically: the miner's arrays and, as JSON bytes, how far
+            # the pass got and the miner's metadata
+            state = json.dumps({"images_done": i + 1, "miner": meta}).encode("utf-8")
+            atomic_save_npz(ckpt_path, checkpoint_meta=np.frombuffer(state, dtype=np.uint8), **arrays)
+            last_checkpoint = time.perf_counter()
     bar.close()
     return miner.finish()
 

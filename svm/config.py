@@ -35,7 +35,8 @@ class SVMConfig:
         if not (self.C > 0 and self.bias_multiplier > 0 and self.pos_loss_weight > 0 and self.target_norm > 0):
             raise ValueError("C, bias_multiplier, pos_loss_weight and target_norm must be positive")
         if self.evict_threshold > self.hard_threshold:
-            raise ValueError(f"evict_threshold {self.evict_threshold} must not exceed hard_threshold {self.hard_threshold}")
+            raise ValueError(f"evict_threshold {self.evict_threshold} must not exceed "
+                             f"hard_threshold {self.hard_threshold}")
         if self.retrain_limit < 1 or self.max_epochs < 1 or not self.tol > 0:
             raise ValueError("retrain_limit and max_epochs must be >= 1 and tol > 0")
         if not 0 < self.negative_iou <= 1 or not self.negative_overlap > 0:

@@ -81,3 +81,40 @@ def test_demo_draws_and_rejects_bad_images(trained, synthetic_voc, tmp_path, cap
 def test_bad_config_is_one_line_exit_2(capsys):
     assert run_tool("train_svm", ["--set", "svm.C=abc"]) == 2
     assert "svm.C: expected a number" in capsys.readouterr().err
+
+
+def test_mining_resumes_from_a_checkpoint(synthetic_voc, tmp_path, monkeypatch):
+    """Interrupt the mining pass after a checkpoint; the rerun resumes and gives the same SVMs."""
+    import detect.training as training
+    from detect.config import load_config
+    from detect.stages import open_dataset
+
+    cfg = load_config(None, [f"data.root={synthetic_voc}", "bbox_reg.enabled=false"])
+    ds = open_dataset(cfg, "trainval")
+    rng = np.random.default_rng(0)
+    props = {i: np.concatenate([ds.annotation(i).boxes + rng.normal(0, 20, (len(ds.annotation(i).boxes), 4)),
+                                rng.uniform(0, 200, (30, 2)).repeat(2, 1) + [0, 0, 40, 40]]).astype(np.float32)
+             for i in ds.image_ids}
+
+    def feature_fn(image_id, boxes, layers):  # cheap, deterministic features of the boxes
+        b = np.asarray(boxes, np.float32)
+        f = np.concatenate([b / 100, np.sin(b / 37), np.cos(b / 53)], axis=1)
+        return {layer: f for layer in layers}
+
+    reference = training.train_detector(cfg, ds, props, feature_fn, str(tmp_path / "ref"), progress=False)
+    monkeypatch.setattr(training, "CHECKPOINT_SECONDS", -1.0)  # checkpoint after every image
+    calls = {"n": 0}
+
+    def interrupted(image_id, boxes, layers):
+        calls["n"] += 1
+        if calls["n"] == len(ds) + 5:  # pass 1 takes len(ds) calls; die in the mining pass
+            raise KeyboardInterrupt
+        return feature_fn(image_id, boxes, layers)
+
+    with pytest.raises(KeyboardInterrupt):
+        training.train_detector(cfg, ds, props, interrupted, str(tmp_path / "run"), progress=False)
+    assert os.path.isfile(tmp_path / "run" / "mining_state.npz")
+    calls["n"] = 0
+    resumed = training.train_detector(cfg, ds, props, interrupted, str(tmp_path / "run"), progress=False)
+    assert calls["n"] == len(ds) - 4  # pass 1 cached; mining resumes after 4 images
+    np.testing.assert_allclose(resumed.svm_weights, reference.svm_weights, rtol=1e-4, atol=1e-5)
