@@ -23,6 +23,11 @@ import time
 import numpy as np
 import torch
 
+# bench/proposals.py is named like the `proposals` package; run as a script, this
+# directory would come first on the import path and shadow the package.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
