@@ -188,8 +188,9 @@ class SPPFeatures:
             if len(rows):
                 parts.append(spatial_pyramid_pool(fmap, unique[rows, 1:], self.levels))
                 order.append(rows)
-        dim = self.head.in_dim
-        pooled = torch.zeros((len(unique), dim)) if not parts else torch.empty((len(unique), parts[0].shape[1]))
+        if len(parts) == 1 and len(order[0]) == len(unique):
+            return parts[0], inverse  # one scale (rows are 0..U-1 in order): no copy
+        pooled = torch.zeros((len(unique), self.head.in_dim)) if not parts else torch.empty((len(unique), parts[0].shape[1]))
         for rows, p in zip(order, parts):
             pooled[torch.from_numpy(rows)] = p
         return pooled, inverse
