@@ -44,7 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SYNTHETIC_CLASSES = ("arrow", "bolt", "crescent", "cross", "heart", "ring", "star", "triangle")
 
 IMAGE_SIDE_RANGE = (300, 500)  # VOC-like image sides, px
