@@ -96,3 +96,16 @@ def test_svd_compressed_head_approximates(net):
         low = compress_head(head, rank=8)
         assert low.fc6[0].weight.shape == (8, head.in_dim)
         assert low(x, "fc7").shape == (20, 64)
+
+
+def test_svd_compression_is_exact_on_a_low_rank_layer():
+    from detect.trunks import FCHead
+
+    torch.manual_seed(0)
+    head = FCHead(400, 300).eval()
+    with torch.no_grad():  # rank-10 fc6 and fc7: the randomized path must recover them
+        head.fc6.weight.copy_(torch.randn(300, 10) @ torch.randn(10, 400) / 20)
+        head.fc7.weight.copy_(torch.randn(300, 10) @ torch.randn(10, 300) / 20)
+        small = compress_head(head, rank=10)
+        x = torch.randn(7, 400)
+        torch.testing.assert_close(small(x, "fc7"), head(x, "fc7"), rtol=1e-3, atol=1e-4)
