@@ -90,8 +90,13 @@ def eval_detection_coco(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_label
     dets = detections_to_coco(pred_boxes, pred_labels, pred_scores)
     k = len(classes)
     if not dets or not gt["annotations"]:
-        return {"ap": 0.0 if gt["annotations"] else float("nan"), "ap50": 0.0, "ap75": 0.0,
-                "ap_per_class": np.full(k, np.nan)}
+        # pycocotools cannot load an empty result list: nothing found is AP 0 where there
+        # is ground truth, NaN where there is none
+        has_gt = np.zeros(k, bool)
+        has_gt[[a["category_id"] - 1 for a in gt["annotations"]]] = True
+        empty = 0.0 if has_gt.any() else float("nan")
+        return {"ap": empty, "ap50": empty, "ap75": empty,
+                "ap_per_class": np.where(has_gt, 0.0, np.nan)}
     sink = io.StringIO()  # pycocotools prints; library code must not
     with contextlib.redirect_stdout(sink):
         coco_gt = COCO()

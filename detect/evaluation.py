@@ -17,14 +17,20 @@ The protocol, per class (``../shared/REFERENCE.md`` section 3):
   threshold (or no ground truth in the image): FP;
 * positives = non-difficult objects only;
 * VOC07 11-point AP: mean over t in {0, 0.1, ..., 1} of the maximum precision at recall
-  >= t (0 where none). The thresholds are the doubles nearest to k/10 (the Python port's
-  ``np.arange(0, 1.1, 0.1)`` makes 0.3 and 0.7 slightly larger, which only matters when a
-  recall equals 3/10 or 7/10 exactly). ``use_07_metric=False``: the area under the
-  monotone precision envelope (VOC2010+).
+  >= t (0 where none). The thresholds are exactly the doubles of the devkit's MATLAB loop
+  ``for t=0:0.1:1`` (:data:`VOC07_RECALL_THRESHOLDS`): MATLAB's colon operator builds
+  the first half of a range as ``a + k*d`` and the second half as ``b - (n-k)*d``, which
+  gives k/10 except for the fourth value, ``3*0.1 = 0.30000000000000004``. So a recall of
+  exactly 3/10 (3 of 10 positives, 144 of 480...) does not reach t = 0.3 in the devkit.
+  The Python port's ``np.arange(0, 1.1, 0.1)`` differs again (0.3, 0.6 and 0.7 are all one
+  ulp above k/10). ``use_07_metric=False``: the area under the monotone precision
+  envelope (VOC2010+).
 
 Detections matched to a difficult object stay in the precision/recall arrays as rows that
 count neither way, as in the devkit. Precision at such a row before any TP/FP is 0
-(where MATLAB's 0/0 gives NaN, which its ``max`` ignores: the APs agree).
+where MATLAB's 0/0 gives NaN, which its ``max`` ignores, so the APs agree; the one
+exception is a class whose every detection matches a difficult object, where MATLAB's AP
+comes out NaN and ours is 0 (there are positives and none was found).
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ __all__ = [
     "eval_detection_voc",
     "eval_detection_voc_reference",
     "average_precision",
+    "matlab_colon",
+    "VOC07_RECALL_THRESHOLDS",
     "write_voc_results",
     "read_voc_results",
     "format_ap_table",
@@ -52,7 +60,24 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-VOC07_RECALL_THRESHOLDS = np.arange(11) / 10.0
+
+
+def matlab_colon(start: float, step: float, stop: float) -> np.ndarray:
+    """The doubles of MATLAB's ``start:step:stop`` for a positive ``step`` that divides the
+    range: the first half counted up from ``start``, the second half down from ``stop``,
+    the midpoint of an even count as ``(start + stop) / 2``."""
+    n = int(np.floor((stop - start) / step + 0.5))
+    out = np.empty(n + 1)
+    for k in range(n // 2 + 1):
+        out[k] = start + k * step
+        out[n - k] = stop - k * step
+    if n % 2 == 0:
+        out[n // 2] = (start + stop) / 2
+    return out
+
+
+# VOCevaldet.m's ``for t=0:0.1:1`` (VOC2007 11-point AP)
+VOC07_RECALL_THRESHOLDS = matlab_colon(0.0, 0.1, 1.0)
 
 
 class ResultFileError(UserError):
@@ -119,6 +144,10 @@ def eval_detection_voc(
     if num_classes is None:
         labels = [x.max() for x in pl + gl if x.size]
         num_classes = int(max(labels)) + 1 if labels else 0
+    for name, arrays in (("pred_labels", pl), ("gt_labels", gl)):
+        for i, x in enumerate(arrays):
+            if x.size and (x.min() < 0 or x.max() >= num_classes):
+                raise ValueError(f"image {i}: {name} outside 0..{num_classes - 1}")
 
     # One pass over images: best ground truth (same class) of every detection.
     det_image, det_label, det_score, det_best_iou, det_gt = [], [], [], [], []
@@ -256,8 +285,10 @@ def eval_detection_voc_reference(
         prec = np.array([a / (a + b) if a + b > 0 else 0.0 for a, b in zip(ctp, cfp)])
         if use_07_metric:
             total = 0.0
-            for t in range(11):
-                ps = [p for p, r in zip(prec, rec) if r >= t / 10.0]
+            # MATLAB's 0:0.1:1: k/10, except that its fourth value is 3*0.1, not 0.3
+            thresholds = [0.0, 0.1, 0.2, 3 * 0.1, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+            for t in thresholds:
+                ps = [p for p, r in zip(prec, rec) if r >= t]
                 total += (max(ps) if ps else 0.0) / 11.0
             ap[k] = total
         else:
@@ -292,7 +323,13 @@ def write_voc_results(
     """Write devkit result files ``<prefix>_det_<image_set>_<class>.txt``, one per class
     (empty when the class has no detection): lines ``image_id score x1 y1 x2 y2`` with
     1-based boxes (:func:`detect.boxes.internal_to_voc`; inverse on reading:
-    :func:`detect.boxes.voc_to_internal`). Returns the paths."""
+    :func:`detect.boxes.voc_to_internal`). Returns the paths.
+
+    Lines go in image order, then detection order, so the devkit's stable sort breaks
+    score ties as :func:`eval_detection_voc` does. Coordinates are written to 0.1 px and
+    scores to 6 significant digits (the devkit scripts' format): re-scoring the files can
+    differ from the in-memory AP in the last digits where that rounding moves an IoU
+    across the threshold or makes two scores tie."""
     os.makedirs(out_dir, exist_ok=True)
     lines: list[list[str]] = [[] for _ in classes]
     for image_id, boxes, labels, scores in zip(image_ids, pred_boxes, pred_labels, pred_scores):
@@ -372,7 +409,7 @@ def plot_pr_curves(result: dict, classes: Sequence[str], path: str, title: str |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(8.5, 5.5), dpi=110)
     cmap = plt.get_cmap("tab20")
     for k, c in enumerate(classes):
         rec, prec = result["recall"][k], result["precision"][k]
@@ -385,7 +422,8 @@ def plot_pr_curves(result: dict, classes: Sequence[str], path: str, title: str |
     ax.set_ylabel("precision")
     ax.grid(alpha=0.3)
     ax.set_title(title or f"mAP {result['map']:.3f}")
-    ax.legend(fontsize=7, loc="lower left", ncol=2, title="class, AP", title_fontsize=7)
+    # beside the axes: inside, it would hide the curves' tails for one kind of detector or another
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="class, AP", title_fontsize=7)
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png")

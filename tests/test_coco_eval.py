@@ -48,3 +48,11 @@ def test_converters_round_trip():
     gt = voc_to_coco_gt(["x", "y"], gb, gl, gd, ("a", "b"))
     assert [a["bbox"] for a in gt["annotations"]][0] == [0, 0, 40, 40]
     assert gt["categories"][1] == {"id": 2, "name": "b"}
+
+
+def test_no_detections():
+    gb, gl, gd = data()
+    empty = [np.zeros((0, 4), np.float32)] * 2
+    r = eval_detection_coco(empty, [np.zeros(0, int)] * 2, [np.zeros(0)] * 2, gb, gl, gd, ("a", "b", "c"))
+    assert r["ap"] == 0.0 and r["ap50"] == 0.0
+    np.testing.assert_array_equal(r["ap_per_class"], [0.0, 0.0, np.nan])

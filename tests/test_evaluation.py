@@ -7,7 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
+from detect.boxes import box_iou
 from detect.evaluation import (
+    VOC07_RECALL_THRESHOLDS,
     ResultFileError,
     eval_detection_voc,
     eval_detection_voc_reference,
@@ -80,8 +82,33 @@ def test_iou_exactly_one_half_counts():
     # [0,0,10,20] vs [0,0,10,10]: intersection 100, union 200: IoU is exactly 0.5 in floats
     dets = [(A([0, 0, 10, 20]), L(0), S(1.0))]
     gts = [(A([0, 0, 10, 10]), L(0), np.zeros(1, bool))]
+    assert box_iou(dets[0][0], gts[0][0])[0, 0] == 0.5
     assert run(dets, gts)["ap"][0] == pytest.approx(1.0)  # the devkit's >=
     assert run(dets, gts, iou_thresh=0.5000001)["ap"][0] == 0.0
+
+
+def test_recall_of_exactly_three_tenths_misses_the_devkit_threshold():
+    # MATLAB's 0:0.1:1 has 3*0.1 = 0.30000000000000004 as its fourth value, above 3/10
+    assert VOC07_RECALL_THRESHOLDS[3] == 3 * 0.1 > 0.3
+    assert [VOC07_RECALL_THRESHOLDS[k] for k in (0, 1, 2, 4, 5, 6, 7, 8, 9, 10)] == [
+        k / 10 for k in (0, 1, 2, 4, 5, 6, 7, 8, 9, 10)]
+    # 10 positives; in score order: TP TP TP FP TP, so
+    # precision [1, 1, 1, 3/4, 4/5], recall [.1, .2, .3, .3, .4]
+    # t = 0, .1, .2 -> 1; t = 0.30000000000000004 -> only the recall-.4 row -> 4/5;
+    # t = .4 -> 4/5; t >= .5 -> 0.  AP07 = (3 + 2 * 4/5) / 11 = 4.6/11
+    # (with t = 0.3 exactly it would be (4 + 4/5) / 11)
+    gt = A(*[[20 * j, 0, 20 * j + 10, 10] for j in range(10)])
+    det = A(gt[0], gt[1], gt[2], [500, 500, 510, 510], gt[3])
+    dets = [(det, L(0, 0, 0, 0, 0), S(0.9, 0.8, 0.7, 0.6, 0.5))]
+    gts = [(gt, np.zeros(10, np.int64), np.zeros(10, bool))]
+    r = run(dets, gts)
+    np.testing.assert_allclose(r["recall"][0], [0.1, 0.2, 0.3, 0.3, 0.4])
+    assert r["ap"][0] == pytest.approx(4.6 / 11)
+
+
+def test_labels_out_of_range_are_an_error():
+    with pytest.raises(ValueError, match="pred_labels outside 0..1"):
+        eval_detection_voc([A([0, 0, 1, 1])], [L(2)], [S(1.0)], [A()], [L()], None, num_classes=2)
 
 
 def test_empty_images_and_classes():
