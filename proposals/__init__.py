@@ -1,9 +1,10 @@
 """Region proposals: selective search for any image, a cached store, recall metrics.
 
-No network code here: images and arrays in, boxes out.
+No network code here: images and arrays in, boxes out. R-CNN's published VOC boxes
+(``.mat`` files) can be imported into the same store (:mod:`proposals.matfile`).
 """
 from proposals.config import ProposalConfig
-from proposals.selective_search import BACKENDS, compute_proposals
+from proposals.selective_search import BACKENDS, IMPORTED_BACKEND, compute_proposals
 from proposals.store import ProposalStore
 
-__all__ = ["ProposalConfig", "compute_proposals", "ProposalStore", "BACKENDS"]
+__all__ = ["ProposalConfig", "compute_proposals", "ProposalStore", "BACKENDS", "IMPORTED_BACKEND"]

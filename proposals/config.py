@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ProposalConfig:
-    # rcnn_fast | opencv_fast | opencv_quality | selectivesearch
+    # rcnn_fast | opencv_fast | opencv_quality | selectivesearch | rcnn_mat (R-CNN's published files)
     backend: str = "rcnn_fast"
     # at most this many boxes per image (R-CNN / SPP-net: about 2,000)
     max_boxes: int = 2000
@@ -26,3 +26,5 @@ class ProposalConfig:
     ss_sigma: float = 0.9
     # selectivesearch package: minimum component size
     ss_min_size: int = 10
+    # rcnn_mat: R-CNN's selective_search_data .mat file, or a directory of them (ids looked up in all)
+    mat_path: str = ""

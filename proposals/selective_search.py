@@ -19,17 +19,29 @@ Backends (``cfg.backend``):
     more hierarchies, no size filter beyond ``cfg.min_size``).
 ``selectivesearch``
     The PyPI ``selectivesearch`` package: a single Felzenszwalb segmentation in one colour
-    space with one strategy, in pure Python. It finds fewer distinct boxes (lower recall
-    at the same box count) and is several times slower than the OpenCV backends (about
-    6 s for a 500 x 375 image), so it is a reference rather than a production choice.
+    space with one strategy, in pure Python. One hierarchy gives far fewer distinct boxes
+    than eight, so recall is lower; a finer segmentation (smaller ``ss_scale``) gives more
+    boxes but the pure-Python merging slows down with the number of regions (about 6 s for
+    a 500 x 375 photo at scale 100). ``bench/proposals.py`` measures both; it is a
+    reference rather than a production choice.
+``rcnn_mat`` (not computed)
+    R-CNN's published ``selective_search_data/*.mat`` boxes for VOC images, imported by
+    :class:`proposals.ProposalStore` (``cfg.mat_path``; see :mod:`proposals.matfile`).
 
 Order. OpenCV ranks its boxes with the C library's unseeded ``rand()``, so its order
 differs from run to run and between platforms. Here the *set* of boxes comes from the
-backend and the order is imposed afterwards, reproducing R-CNN's ranking rule (each box's
-priority is ``rand() * level``, ascending) with the hierarchy level replaced by the rank of
-the box's area (small regions are merged early, at low levels) and ``rand()`` replaced by
-a hash of the box's integer coordinates: stable for a given image and settings, on any
-platform. The ``max_boxes`` cap keeps the first boxes of that order.
+backend and the order is imposed afterwards, for every backend alike, by R-CNN's ranking
+rule (Uijlings et al. 2013, section 3.3; ``Image2HierarchicalGrouping.m``): each box's
+priority is ``rand() * level``, ascending, where the level counts merges backwards from
+the top of its hierarchy (the whole image is level 1, the last merges before it 2, 3, ...,
+the initial segments come last). OpenCV's own ranking counts the other way (a region's
+height in the merge tree), which puts small segments first. The API exposes no levels, so
+the level here is the box's rank by area, largest first: a parent region is larger than
+its children, so this keeps the order of every merge tree, and with 8 hierarchies it is
+about 8 times each box's per-hierarchy level (a common factor does not change the order).
+``rand()`` is replaced by a hash of the box's integer coordinates: the order is stable for
+a given image and settings, on any platform. The ``max_boxes`` cap keeps the first boxes
+of that order.
 
 Large images (longer side above ``cfg.max_side``) are segmented downscaled and the boxes
 mapped back; an image smaller than ``cfg.min_size`` gives the whole-image box.
@@ -37,7 +49,6 @@ mapped back; an image smaller than ``cfg.min_size`` gives the whole-image box.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
@@ -47,16 +58,20 @@ from proposals.config import ProposalConfig
 
 __all__ = [
     "BACKENDS",
+    "IMPORTED_BACKEND",
     "compute_proposals",
     "as_rgb_uint8",
     "selectivesearch_rect_to_xyxy",
     "unique_boxes",
     "stable_order",
+    "area_levels",
 ]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("rcnn_fast", "opencv_fast", "opencv_quality", "selectivesearch")
+# not computed: R-CNN's published selective-search boxes, read by the store (proposals.matfile)
+IMPORTED_BACKEND = "rcnn_mat"
 
 
 def as_rgb_uint8(image) -> np.ndarray:
@@ -114,20 +129,37 @@ def _hash_uniform(boxes: np.ndarray) -> np.ndarray:
     return ((h >> np.uint64(11)).astype(np.float64) + 1.0) / float(1 << 53)
 
 
+def area_levels(boxes: np.ndarray) -> np.ndarray:
+    """Stand-in for R-CNN's hierarchy level: 1 for the largest box, ``N`` for the smallest
+    (ties broken by the coordinates, so the result does not depend on the input order).
+    boxes: float32 [N, 4] internal; returns float64 [N]."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    area = (boxes[:, 2] - boxes[:, 0]).astype(np.float64) * (boxes[:, 3] - boxes[:, 1])
+    order = np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], -area))
+    level = np.empty(len(boxes), dtype=np.float64)
+    level[order] = np.arange(1, len(boxes) + 1)
+    return level
+
+
 def stable_order(boxes: np.ndarray) -> np.ndarray:
-    """R-CNN's ranking (priority = rand * level, ascending) with the level replaced by the
-    area rank and rand by :func:`_hash_uniform`; returns the boxes reordered."""
+    """Duplicates removed, then R-CNN's ranking (priority = rand * level, ascending) with
+    the level from :func:`area_levels` and rand from :func:`_hash_uniform`.
+    boxes: float32 [N, 4] internal; returns float32 [M, 4], M <= N, reordered."""
     boxes = unique_boxes(boxes)
     if len(boxes) == 0:
         return boxes
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    level = np.empty(len(boxes), dtype=np.float64)
-    level[np.argsort(area, kind="stable")] = np.arange(1, len(boxes) + 1)
-    priority = _hash_uniform(boxes) * level
+    priority = _hash_uniform(boxes) * area_levels(boxes)
     return boxes[np.lexsort((np.arange(len(boxes)), priority))]
 
 
 def _opencv_boxes(bgr: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
+    """Boxes of OpenCV's selective search on a BGR uint8 image, internal convention.
+
+    OpenCV returns int32 ``(x, y, w, h)`` from ``boundingRect`` of each region: ``w`` and
+    ``h`` count pixels (a region covering columns 20..69 gives x = 20, w = 50; the whole
+    image gives (0, 0, W, H)), so ``x + w`` is the continuous right edge and
+    :func:`detect.boxes.xywh_to_xyxy` is the exact conversion.
+    """
     import cv2
 
     seg = cv2.ximgproc.segmentation
@@ -179,6 +211,9 @@ def compute_proposals(image: np.ndarray, cfg: ProposalConfig | None = None) -> n
     import cv2
 
     cfg = cfg or ProposalConfig()
+    if cfg.backend == IMPORTED_BACKEND:
+        raise ProposalError(f"proposals.backend={IMPORTED_BACKEND} reads R-CNN's published boxes for known "
+                            "images (ProposalStore); it cannot compute proposals for a new image")
     if cfg.backend not in BACKENDS:
         raise ProposalError(f"proposals.backend: unknown backend {cfg.backend!r} (known: {', '.join(BACKENDS)})")
     if cfg.max_boxes < 1:
@@ -206,10 +241,3 @@ def compute_proposals(image: np.ndarray, cfg: ProposalConfig | None = None) -> n
     if len(boxes) == 0:
         return whole
     return np.ascontiguousarray(boxes, dtype=np.float32)
-
-
-def _worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")

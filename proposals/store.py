@@ -12,6 +12,11 @@ and the cache version: change any of them and a new directory is used; nothing s
 ever served. Images are processed in parallel (``workers`` processes, one OpenCV thread
 each) with a progress bar; every image's file is written atomically as soon as it is
 done, so an interrupted build resumes with the images still missing.
+
+With ``backend = "rcnn_mat"`` nothing is computed: the boxes come from R-CNN's published
+``.mat`` files (``cfg.mat_path``, see :mod:`proposals.matfile`), capped at ``max_boxes``
+in the file's order, and the key also covers those files' names, sizes and modification
+times. Their compute time is unknown: :meth:`ProposalStore.seconds` gives NaN for them.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from tqdm import tqdm
 from detect.errors import ProposalError
 from detect.fileio import atomic_save_npz, atomic_write_json, load_npz, stable_hash
 from proposals.config import ProposalConfig
+from proposals.matfile import load_rcnn_mat, mat_files
+from proposals.selective_search import BACKENDS, IMPORTED_BACKEND
 
 __all__ = ["ProposalStore", "CACHE_VERSION"]
 
@@ -39,6 +46,15 @@ def _config_dict(cfg: ProposalConfig) -> dict:
     from dataclasses import asdict
 
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def _key_settings(cfg: ProposalConfig) -> dict:
+    """The settings the key covers: ``mat_path`` only where it is read (``rcnn_mat``), so
+    that the computed backends' keys do not depend on it."""
+    settings = _config_dict(cfg)
+    if cfg.backend != IMPORTED_BACKEND:
+        settings.pop("mat_path")
+    return settings
 
 
 def _file_signature(path: str) -> list:
@@ -62,6 +78,27 @@ def _compute_one(args) -> tuple[str, np.ndarray, float]:
     return image_id, boxes, seconds
 
 
+def _mat_path(cfg: ProposalConfig) -> str:
+    if not cfg.mat_path:
+        raise ProposalError(f"proposals.backend={IMPORTED_BACKEND} needs proposals.mat_path "
+                            "(R-CNN's selective_search_data .mat file or its directory)")
+    return cfg.mat_path
+
+
+def _import_mat(cfg: ProposalConfig, todo: list, bar) -> None:
+    """Write the cache files of the ``todo`` images from the ``.mat`` files, one file at a
+    time (R-CNN's VOC 2007 test file holds about 10 million boxes)."""
+    missing = {item[0]: item[3] for item in todo}
+    for path in mat_files(_mat_path(cfg)):
+        for image_id, boxes in load_rcnn_mat(path, missing).items():
+            atomic_save_npz(missing.pop(image_id), boxes=boxes[: cfg.max_boxes], seconds=np.float64(np.nan))
+            bar.update(1)
+        if not missing:
+            return
+    first = sorted(missing)[0]
+    raise ProposalError(f"{cfg.mat_path}: no boxes for image {first} ({len(missing)} images missing)")
+
+
 def _init_worker() -> None:
     import cv2
 
@@ -78,11 +115,16 @@ class ProposalStore:
 
     @staticmethod
     def cache_key(cfg: ProposalConfig, image_ids: Sequence[str], image_paths: Sequence[str]) -> str:
-        return stable_hash({
+        """Hash of the settings, the images (ids, file sizes and times), the cache version
+        and, for ``rcnn_mat``, the ``.mat`` files."""
+        key = {
             "version": CACHE_VERSION,
-            "proposals": _config_dict(cfg),
+            "proposals": _key_settings(cfg),
             "images": [[i] + _file_signature(p) for i, p in zip(image_ids, image_paths)],
-        })
+        }
+        if cfg.backend == IMPORTED_BACKEND:
+            key["mat_files"] = [_file_signature(f) for f in mat_files(_mat_path(cfg))]
+        return stable_hash(key)
 
     @classmethod
     def build(
@@ -97,6 +139,9 @@ class ProposalStore:
         """Compute (or find) the proposals of every image; returns the store."""
         if len(image_ids) != len(image_paths):
             raise ValueError("image_ids and image_paths differ in length")
+        if cfg.backend not in BACKENDS + (IMPORTED_BACKEND,):
+            raise ProposalError(f"proposals.backend: unknown backend {cfg.backend!r} "
+                                f"(known: {', '.join(BACKENDS + (IMPORTED_BACKEND,))})")
         key = cls.cache_key(cfg, image_ids, image_paths)
         directory = os.path.join(cache_root, f"{cfg.backend}-{key}")
         os.makedirs(directory, exist_ok=True)
@@ -116,16 +161,20 @@ class ProposalStore:
                      len(image_ids), directory)
             bar = tqdm(total=len(image_ids), initial=len(image_ids) - len(todo),
                        desc=f"proposals {cfg.backend}", disable=not progress)
-            if workers > 1 and len(todo) > 1:
-                ctx = mp.get_context("spawn")  # safe whatever threads the parent runs
-                with ctx.Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
-                    for _ in pool.imap_unordered(_compute_one, todo, chunksize=1):
+            try:
+                if cfg.backend == IMPORTED_BACKEND:
+                    _import_mat(cfg, todo, bar)
+                elif workers > 1 and len(todo) > 1:
+                    ctx = mp.get_context("spawn")  # safe whatever threads the parent runs
+                    with ctx.Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
+                        for _ in pool.imap_unordered(_compute_one, todo, chunksize=1):
+                            bar.update(1)
+                else:
+                    for item in todo:
+                        _compute_one(item)
                         bar.update(1)
-            else:
-                for item in todo:
-                    _compute_one(item)
-                    bar.update(1)
-            bar.close()
+            finally:
+                bar.close()
         return store
 
     def _path(self, image_id: str) -> str:
@@ -151,5 +200,5 @@ class ProposalStore:
 
     def seconds(self, image_id: str) -> float:
         """Seconds it took to compute this image's proposals (proposal time is reported
-        separately from detection time, as in the papers)."""
+        separately from detection time, as in the papers); NaN for imported boxes."""
         return float(self._load(image_id)["seconds"])

@@ -31,6 +31,32 @@ def test_unique_and_stable_order():
     assert len(a) == 3
 
 
+def stable_order_reference(boxes):
+    """R-CNN's ranking written out box by box: level 1 for the largest area, priority =
+    hash * level, ascending."""
+    from proposals.selective_search import _hash_uniform
+
+    unique = sorted({tuple(float(v) for v in b) for b in boxes})
+    area = {b: (b[2] - b[0]) * (b[3] - b[1]) for b in unique}
+    by_size = sorted(unique, key=lambda b: (-area[b], b))
+    level = {b: i + 1 for i, b in enumerate(by_size)}
+    rand = {b: float(_hash_uniform(np.array([b], np.float32))[0]) for b in unique}
+    return np.array(sorted(unique, key=lambda b: (rand[b] * level[b], b)), np.float32).reshape(-1, 4)
+
+
+def test_stable_order_matches_reference_and_ranks_large_boxes_first():
+    rng = np.random.default_rng(3)
+    xy = rng.integers(0, 300, (400, 2))
+    wh = rng.integers(1, 200, (400, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    boxes = np.concatenate([boxes, boxes[:50]])  # duplicates
+    ordered = stable_order(boxes)
+    np.testing.assert_array_equal(ordered, stable_order_reference(boxes))
+    area = (ordered[:, 2] - ordered[:, 0]) * (ordered[:, 3] - ordered[:, 1])
+    # rand * level: the top of the hierarchy (large regions) tends to come first
+    assert np.median(area[:100]) > 2 * np.median(area[-100:])
+
+
 def test_selectivesearch_rect_convention():
     # the package reports width = max_x - min_x for pixels min_x..max_x inclusive
     np.testing.assert_array_equal(selectivesearch_rect_to_xyxy([(3, 4, 9, 19)]), [[3, 4, 13, 24]])
@@ -45,6 +71,10 @@ def test_opencv_backends_find_the_blocks(backend):
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 160).all() and (boxes[:, 3] <= 120).all()
     gt = np.array([[20, 10, 70, 50], [90, 60, 150, 110], [10, 70, 40, 100]], np.float32)
     assert recall_at(best_overlaps([boxes], [gt]), [0.7])[0] == 1.0
+    # OpenCV's (x, y, w, h) counts pixels: each flat block and the whole image come back
+    # exactly (x + w is the continuous right edge; an off-by-one would miss all four)
+    for box in [*gt, [0, 0, 160, 120]]:
+        assert (boxes == np.asarray(box, np.float32)).all(axis=1).any(), box
 
 
 def test_selectivesearch_backend_small_image():

@@ -8,6 +8,8 @@ Examples::
     python tools/compute_proposals.py --config configs/default.yaml
     python tools/compute_proposals.py --config configs/spp_alexnet_voc07.yaml --image-set test
     python tools/compute_proposals.py --set proposals.backend=opencv_fast proposals.max_boxes=1000
+    # R-CNN's published VOC boxes instead of computing them
+    python tools/compute_proposals.py --set proposals.backend=rcnn_mat proposals.mat_path=data/selective_search_data
 """
 from __future__ import annotations
 
