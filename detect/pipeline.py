@@ -153,9 +153,8 @@ def pretrained_network_path(cfg: Config) -> str:
 def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -> dict:
     """Pretrain the configured trunk (multi-size; with ``compare`` also single-size) and
     save the multi-size network; cached: a finished run with the same settings is reused."""
+    import dataclasses
     import json
-
-    import torch
 
     from detect.config import config_to_dict
     from detect.fileio import stable_hash
@@ -183,8 +182,6 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     val_sampler = CropSampler(val_ds, jitter=p.jitter, background_per_image=p.background_per_image)
     runs = []
     for sizes in runs_wanted:
-        import dataclasses
-
         trunk, head = build_network(dataclasses.replace(cfg.network, weights="random"), cfg.features.levels)
         head.add_classifier(len(train_ds.classes) + 1, seed=cfg.network.init_seed)
         result = pretrain(trunk, head, cfg.features.levels, train_sampler, val_sampler, sizes=sizes,
@@ -196,8 +193,6 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
         if sizes == runs_wanted[0]:
             save_network(trunk, head, path, extra={"pretrain": config_to_dict(cfg.pretrain),
                                                    "val_accuracy": result.val_accuracy})
-        del trunk, head
-        torch.set_grad_enabled(True)
     report = {"key": key, "network": path, "classes": list(train_ds.classes), "runs": runs,
               "train_images": len(train_ds), "val_images": len(val_ds)}
     atomic_write_json(report_path, report)

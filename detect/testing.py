@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from detect.boxes import apply_bbox_deltas
 from detect.detector import Detections, concatenate_detections, detections_from_scores, score_windows
 from detect.fileio import atomic_save_npz, load_npz
 from detect.model import DetectionModel
@@ -47,8 +48,6 @@ def detect_image(
     t1 = time.perf_counter()
     class_boxes = None
     if use_reg and len(boxes):
-        from detect.boxes import apply_bbox_deltas
-
         deltas = model.regressor.predict_all_classes(feats[model.bbox_layer])  # [N, K, 4]
         n, k = deltas.shape[:2]
         rep = np.repeat(np.asarray(boxes, np.float32), k, axis=0)
@@ -88,20 +87,19 @@ def run_test(
     det_dir = os.path.join(out_dir, "detections")
     os.makedirs(det_dir, exist_ok=True)
     all_dets, all_times = [], []
-    stage_keys = [s for s in STAGES]
     for image_id in tqdm(image_ids, desc="test", disable=not progress):
         path = os.path.join(det_dir, f"{image_id}.npz")
         if os.path.isfile(path):
             z = load_npz(path)
             det = Detections(z["boxes"], z["labels"], z["scores"])
-            timings = dict(zip(stage_keys, z["timings"].tolist()))
+            timings = dict(zip(STAGES, z["timings"].tolist()))
         else:
             boxes = proposals[image_id]
             image = dataset.load_image(image_id)
             det, timings = detect_image(model, extract_fn, image, boxes)
             timings["proposals"] = float(proposals.seconds(image_id))
             atomic_save_npz(path, boxes=det.boxes, labels=det.labels, scores=det.scores,
-                            timings=np.array([timings.get(s, 0.0) for s in stage_keys], np.float64))
+                            timings=np.array([timings.get(s, 0.0) for s in STAGES], np.float64))
         all_dets.append(det)
         all_times.append(timings)
     atomic_save_npz(os.path.join(out_dir, "detections.npz"),
