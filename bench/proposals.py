@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-images", type=int, default=50, help="generated test images (default: %(default)s)")
     parser.add_argument("--ss-images", type=int, default=10, help="images for the selectivesearch backend")
+    parser.add_argument("--backends", nargs="+", default=None, help="only these rows (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="timings per photo (median)")
     parser.add_argument("--data", default="data/cache/bench/synthetic", help="where the generated data goes")
     parser.add_argument("--out", default="bench/results/proposals.json", help="JSON output")
@@ -88,10 +89,13 @@ def main(argv=None) -> int:
     ds = VOCDataset(root, "test")
     ids = ds.image_ids[: args.num_images]
     gt = [ds.annotation(i).boxes[~ds.annotation(i).difficult] for i in ids]
+    variants = [(name, cfg) for name, cfg in _variants() if not args.backends or name in args.backends]
+    if not variants:
+        raise SystemExit(f"--backends: none of {args.backends} is a row of this benchmark")
     rows, photo_rows = [], []
     photos = sample_photos()
     with tempfile.TemporaryDirectory() as tmp:
-        for backend, cfg in _variants():
+        for backend, cfg in variants:
             n = args.ss_images if cfg.backend == "selectivesearch" else len(ids)
             t0 = time.perf_counter()
             store = ProposalStore.build(cfg, ids[:n], [ds.image_path(i) for i in ids[:n]], os.path.join(tmp, "c"))
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
             row["wall_seconds_2_workers"] = wall
             rows.append(row)
     cv2.setNumThreads(1)  # as in the store's workers
-    for backend, cfg in _variants():
+    for backend, cfg in variants:
         timed = [time_photo(img, cfg, args.repeats) for img in photos.values()]
         photo_rows.append({"name": backend, "boxes": [t[0] for t in timed], "seconds": [t[1] for t in timed]})
     print(f"generated test split, first {len(ids)} images (selectivesearch: first {args.ss_images})")

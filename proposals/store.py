@@ -39,22 +39,14 @@ __all__ = ["ProposalStore", "CACHE_VERSION"]
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+# 2: R-CNN's ranking with the whole image at level 1, per (colour space, k) group
+CACHE_VERSION = 2
 
 
 def _config_dict(cfg: ProposalConfig) -> dict:
     from dataclasses import asdict
 
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-
-
-def _key_settings(cfg: ProposalConfig) -> dict:
-    """The settings the key covers: ``mat_path`` only where it is read (``rcnn_mat``), so
-    that the computed backends' keys do not depend on it."""
-    settings = _config_dict(cfg)
-    if cfg.backend != IMPORTED_BACKEND:
-        settings.pop("mat_path")
-    return settings
 
 
 def _file_signature(path: str) -> list:
@@ -119,7 +111,7 @@ class ProposalStore:
         and, for ``rcnn_mat``, the ``.mat`` files."""
         key = {
             "version": CACHE_VERSION,
-            "proposals": _key_settings(cfg),
+            "proposals": _config_dict(cfg),
             "images": [[i] + _file_signature(p) for i, p in zip(image_ids, image_paths)],
         }
         if cfg.backend == IMPORTED_BACKEND:

@@ -9,7 +9,7 @@ import pytest
 from detect.errors import DatasetError, ProposalError
 from proposals import BACKENDS, ProposalConfig, ProposalStore, compute_proposals
 from proposals.recall import average_recall, best_overlaps, recall_at, recall_vs_boxes
-from proposals.selective_search import selectivesearch_rect_to_xyxy, stable_order, unique_boxes
+from proposals.selective_search import rank_groups, selectivesearch_rect_to_xyxy, stable_order, unique_boxes
 
 
 def blocks_image(h=120, w=160):
@@ -31,30 +31,41 @@ def test_unique_and_stable_order():
     assert len(a) == 3
 
 
-def stable_order_reference(boxes):
-    """R-CNN's ranking written out box by box: level 1 for the largest area, priority =
-    hash * level, ascending."""
+def rank_groups_reference(groups):
+    """R-CNN's ranking written out box by box: in each group level 1 for the largest area
+    and priority = hash(box, group) * level; a box keeps its best priority; ascending."""
     from proposals.selective_search import _hash_uniform
 
-    unique = sorted({tuple(float(v) for v in b) for b in boxes})
-    area = {b: (b[2] - b[0]) * (b[3] - b[1]) for b in unique}
-    by_size = sorted(unique, key=lambda b: (-area[b], b))
-    level = {b: i + 1 for i, b in enumerate(by_size)}
-    rand = {b: float(_hash_uniform(np.array([b], np.float32))[0]) for b in unique}
-    return np.array(sorted(unique, key=lambda b: (rand[b] * level[b], b)), np.float32).reshape(-1, 4)
+    best = {}
+    for g, group in enumerate(groups):
+        unique = sorted({tuple(float(v) for v in b) for b in group})
+        by_size = sorted(unique, key=lambda b: (-(b[2] - b[0]) * (b[3] - b[1]), b))
+        for level, b in enumerate(by_size, start=1):
+            priority = float(_hash_uniform(np.array([b], np.float32), g)[0]) * level
+            best[b] = min(best.get(b, np.inf), priority)
+    return np.array(sorted(best, key=lambda b: (best[b], b)), np.float32).reshape(-1, 4)
 
 
-def test_stable_order_matches_reference_and_ranks_large_boxes_first():
+def random_boxes(rng, n):
+    xy = rng.integers(0, 300, (n, 2))
+    return np.concatenate([xy, xy + rng.integers(1, 200, (n, 2))], axis=1).astype(np.float32)
+
+
+def test_rank_groups_matches_reference_and_ranks_large_boxes_first():
     rng = np.random.default_rng(3)
-    xy = rng.integers(0, 300, (400, 2))
-    wh = rng.integers(1, 200, (400, 2))
-    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
-    boxes = np.concatenate([boxes, boxes[:50]])  # duplicates
-    ordered = stable_order(boxes)
-    np.testing.assert_array_equal(ordered, stable_order_reference(boxes))
+    shared = random_boxes(rng, 100)  # found by several groups
+    groups = [np.concatenate([random_boxes(rng, 300), shared, shared[:20]]) for _ in range(4)]
+    ordered = rank_groups(groups)
+    np.testing.assert_array_equal(ordered, rank_groups_reference(groups))
+    assert len(ordered) == len(np.unique(np.concatenate(groups), axis=0))
+    np.testing.assert_array_equal(stable_order(groups[0]), rank_groups_reference(groups[:1]))
     area = (ordered[:, 2] - ordered[:, 0]) * (ordered[:, 3] - ordered[:, 1])
     # rand * level: the top of the hierarchy (large regions) tends to come first
     assert np.median(area[:100]) > 2 * np.median(area[-100:])
+    # boxes that several groups find keep their best draw and rank early
+    is_shared = (ordered[:, None, :] == shared[None]).all(axis=2).any(axis=1)
+    assert np.flatnonzero(is_shared).mean() < 0.8 * np.flatnonzero(~is_shared).mean()
+    assert rank_groups([]).shape == (0, 4) and rank_groups([np.zeros((0, 4))]).shape == (0, 4)
 
 
 def test_selectivesearch_rect_convention():
