@@ -1,7 +1,9 @@
 """SPP-net vs R-CNN feature extraction on the same trunk and fc weights.
 
 For each of ``--num-images`` generated images (VOC-sized) and ``--windows`` random windows
-per image (proposals are a separate, separately timed stage), measures seconds per image
+per image (proposals are a separate, separately timed stage; ``--windows-source
+selective_search`` uses the project's R-CNN fast-mode proposals instead, whose
+near-duplicates SPP-net pools once), measures seconds per image
 per stage for SPP-net at 1 scale (688) and 5 scales (480..1200), R-CNN (warp + whole
 network per window), and SPP-net with truncated-SVD fc6/fc7; then the pooling kernel
 alone against torchvision's ``roi_pool`` (4 calls, one per level) on a 256 x 43 x 57 map.
@@ -11,6 +13,8 @@ run. Prints a table and writes JSON (default ``bench/results/spp_vs_rcnn.json``)
 Example::
 
     python bench/spp_vs_rcnn.py --trunk alexnet --num-images 5 --windows 2000
+    python bench/spp_vs_rcnn.py --trunk zf5 --windows-source selective_search \
+        --out bench/results/spp_vs_rcnn_zf5_ss.json
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trunk", default="alexnet", help="compact | zf5 | alexnet | vgg16 (default: %(default)s)")
     parser.add_argument("--fc-dim", type=int, default=4096, help="fc6/fc7 width (default: %(default)s)")
     parser.add_argument("--num-images", type=int, default=5)
-    parser.add_argument("--windows", type=int, default=2000)
+    parser.add_argument("--windows", type=int, default=2000, help="windows per image (at most, for selective_search)")
+    parser.add_argument("--windows-source", choices=("random", "selective_search"), default="random")
     parser.add_argument("--svd-rank", type=int, default=256, help="rank of the compressed fc6/fc7")
     parser.add_argument("--data", default="data/cache/bench/synthetic")
     parser.add_argument("--out", default="bench/results/spp_vs_rcnn.json")
@@ -77,7 +82,12 @@ def main(argv=None) -> int:
     ds = VOCDataset(root, "test")
     rng = np.random.default_rng(0)
     images = [ds.load_image(i) for i in ds.image_ids[: args.num_images]]
-    windows = [random_windows(rng, args.windows, *im.shape[:2]) for im in images]
+    if args.windows_source == "random":
+        windows = [random_windows(rng, args.windows, *im.shape[:2]) for im in images]
+    else:
+        from proposals.selective_search import compute_proposals
+
+        windows = [compute_proposals(im)[: args.windows] for im in images]
     trunk, head = build_network(NetworkConfig(trunk=args.trunk, fc_dim=args.fc_dim))
     crop = trunk.crop_size
     methods = {
@@ -87,6 +97,11 @@ def main(argv=None) -> int:
         "spp_5scale_svd": SPPFeatures(trunk, compress_head(head, args.svd_rank), scales=(480, 576, 688, 864, 1200)),
         "rcnn": RCNNFeatures(trunk, head, crop_size=crop, context_pad=round(16 * crop / 227)),
     }
+    distinct = {"rcnn": float(np.mean([len(np.unique(b, axis=0)) / len(b) for b in windows]))}
+    for name in ("spp_1scale", "spp_5scale"):
+        spp = methods[name]
+        distinct[name] = float(np.mean([len(spp.distinct_windows(spp.compute_maps(im), b)[0]) / len(b)
+                                        for im, b in zip(images, windows)]))
     results = {}
     for name, extractor in methods.items():
         extractor.extract(images[0], windows[0][:50], ("fc7",))  # warm-up
@@ -120,12 +135,15 @@ def main(argv=None) -> int:
         "rcnn_over_spp_5scale": rc["total"] / spp5["total"],
         "rcnn_over_spp_1scale_svd": rc["total"] / results["spp_1scale_svd"]["total"],
         "rcnn_over_spp_5scale_svd": rc["total"] / results["spp_5scale_svd"]["total"],
+        # the most any SPP-net could gain while its exact fc layers cost what R-CNN's do
+        "rcnn_over_spp_fc_alone": rc["total"] / spp1["fc"],
         "pool_share_of_spp_1scale": spp1["pool"] / spp1["total"],
         "roi_pool_over_spp_kernel": kernel["torchvision_roi_pool"] / kernel["spatial_pyramid_pool"],
     }
     stages = ["warp", "conv", "pool", "fc", "total"]
-    print(f"\n{args.trunk}, fc {args.fc_dim}, {args.windows} windows/image, median of {len(images)} images "
-          f"(seconds per image, proposals excluded)")
+    per_image = float(np.mean([len(b) for b in windows]))
+    print(f"\n{args.trunk}, fc {args.fc_dim}, {per_image:.0f} {args.windows_source} windows/image, "
+          f"median of {len(images)} images (seconds per image, proposals excluded)")
     print(f"{'method':<16}" + "".join(f"{s:>9}" for s in stages))
     for name, r in results.items():
         print(f"{name:<16}" + "".join(f"{r.get(s, 0.0):9.3f}" for s in stages))
@@ -133,10 +151,13 @@ def main(argv=None) -> int:
           f"ours {1000 * kernel['spatial_pyramid_pool']:.1f} ms, roi_pool {1000 * kernel['torchvision_roi_pool']:.1f} ms")
     for k, v in ratios.items():
         print(f"{k:<28} {v:8.2f}")
+    print("distinct windows (share of all): " + ", ".join(f"{k} {v:.2f}" for k, v in distinct.items()))
     atomic_write_json(args.out, {
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "trunk": args.trunk, "fc_dim": args.fc_dim,
-        "windows": args.windows, "images": len(images), "svd_rank": args.svd_rank,
+        "torch": torch.__version__, "windows_source": args.windows_source, "windows": args.windows,
+        "windows_per_image": per_image, "images": len(images), "svd_rank": args.svd_rank,
+        "distinct_window_share": distinct,
         "seconds_per_image": results, "pool_kernel_seconds": kernel, "ratios": ratios,
     })
     print(f"\nwritten {args.out}")

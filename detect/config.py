@@ -97,8 +97,10 @@ class FeatureConfig:
     rcnn_crop_size: int = 227
     # R-CNN: context pixels around each window at the warped size
     rcnn_context_pad: int = 16
-    # windows per batch through the fc layers (and R-CNN's whole network)
-    batch_size: int = 256
+    # windows per batch through the fc layers (larger batches run faster on a CPU)
+    batch_size: int = 1024
+    # R-CNN: warped crops per batch through the conv layers
+    rcnn_crop_batch_size: int = 32
     # 0: exact fc6/fc7; > 0: truncated-SVD fc6/fc7 with this rank (Fast R-CNN, section 3.1)
     fc_svd_rank: int = 0
 

@@ -58,13 +58,15 @@ class ConvMaps:
         """float16 arrays for a disk cache (``from_arrays`` is the inverse)."""
         out = {"factors": np.asarray(self.factors, np.float64)}
         for i, m in enumerate(self.maps):
-            out[f"map{i}"] = m.numpy().astype(np.float16)
+            out[f"map{i}"] = m.numpy().astype(np.float16, order="C")  # [C, H', W']
         return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ConvMaps":
         factors = [tuple(f) for f in np.asarray(arrays["factors"]).tolist()]
-        maps = [torch.from_numpy(arrays[f"map{i}"].astype(np.float32)) for i in range(len(factors))]
+        # [C, H', W'] views of channels-last memory, as the trunk returns them
+        maps = [torch.from_numpy(arrays[f"map{i}"].transpose(1, 2, 0).astype(np.float32)).permute(2, 0, 1)
+                for i in range(len(factors))]
         return cls(factors, maps)
 
 
@@ -132,7 +134,7 @@ class SPPFeatures:
     """SPP-net window features (see the module docstring)."""
 
     def __init__(self, trunk: Trunk, head: FCHead, scales: Sequence[int] = (688,), max_side: int = 2000,
-                 levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 256, scale_target_size: int = 224):
+                 levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 1024, scale_target_size: int = 224):
         self.trunk, self.head = trunk.eval(), head.eval()
         self.scales = tuple(int(s) for s in scales)
         self.max_side = int(max_side)
@@ -155,7 +157,7 @@ class SPPFeatures:
                 nh, nw = self.resized_size(h, w, s)
                 resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
                 x = self.trunk.normalize(_to_tensor(resized))
-                maps.append(self.trunk(x)[0].contiguous())
+                maps.append(self.trunk(x)[0])  # channels-last memory, as the SPP kernel reads it
                 factors.append((nw / w, nh / h))
         return ConvMaps(factors, maps)
 
@@ -167,9 +169,9 @@ class SPPFeatures:
         scaled = area[:, None] * np.array([fx * fy for fx, fy in factors])[None, :]
         return np.abs(scaled - self.target_area).argmin(axis=1)
 
-    def pool(self, maps: ConvMaps, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """pool5 of the distinct windows and, per box, the row it maps to:
-        (Tensor[U, D], int64 [N])."""
+    def distinct_windows(self, maps: ConvMaps, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct (scale, cx1, cy1, cx2, cy2) the boxes pool from, int64 [U, 5] sorted,
+        and per box the row it maps to, int64 [N]: boxes with one row share one feature."""
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         which = self.choose_scales(maps.factors, boxes)
         keys = np.zeros((len(boxes), 5), dtype=np.int64)
@@ -181,19 +183,23 @@ class SPPFeatures:
                 keys[rows, 1:] = project_windows_to_map(scaled, self.trunk.stride, self.trunk.offset,
                                                         fmap.shape[1], fmap.shape[2])
         unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        parts, order = [], []
+        return unique, inverse.reshape(-1)
+
+    def pool(self, maps: ConvMaps, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """pool5 of the distinct windows and, per box, the row it maps to:
+        (Tensor[U, D], int64 [N])."""
+        unique, inverse = self.distinct_windows(maps, boxes)
+        parts = []
         for k, fmap in enumerate(maps.maps):
             rows = np.flatnonzero(unique[:, 0] == k)
             if len(rows):
                 parts.append(spatial_pyramid_pool(fmap, unique[rows, 1:], self.levels))
-                order.append(rows)
-        if len(parts) == 1 and len(order[0]) == len(unique):
-            return parts[0], inverse  # one scale (rows are 0..U-1 in order): no copy
-        pooled = torch.zeros((len(unique), self.head.in_dim)) if not parts else torch.empty((len(unique), parts[0].shape[1]))
-        for rows, p in zip(order, parts):
-            pooled[torch.from_numpy(rows)] = p
-        return pooled, inverse
+        if not parts:
+            return torch.zeros((0, self.head.in_dim)), inverse
+        if len(parts) == 1:
+            return parts[0], inverse  # one scale: no copy
+        # the keys are sorted by scale first, so each scale's rows are the next block
+        return torch.from_numpy(np.concatenate([p.numpy() for p in parts])), inverse
 
     def features_from_maps(self, maps: ConvMaps, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)) -> dict[str, np.ndarray]:
         layers = _check_layers(layers)
@@ -217,10 +223,15 @@ class SPPFeatures:
 
 
 class RCNNFeatures:
-    """R-CNN window features on the same trunk and head (see the module docstring)."""
+    """R-CNN window features on the same trunk and head (see the module docstring).
+
+    Crops go through the conv layers ``crop_batch_size`` at a time (small batches keep
+    the activations in reused memory, which is faster on a CPU than large ones); their
+    pool5 vectors are then sent through the fc layers ``batch_size`` at a time exactly as
+    SPP-net's are, so the two differ only in how a window becomes a pool5 vector."""
 
     def __init__(self, trunk: Trunk, head: FCHead, crop_size: int = 227, context_pad: int = 16,
-                 levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 128):
+                 levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 1024, crop_batch_size: int = 32):
         if crop_size <= 2 * context_pad:
             raise ValueError(f"crop_size {crop_size} leaves no room inside {context_pad} px of context")
         self.trunk, self.head = trunk.eval(), head.eval()
@@ -228,6 +239,7 @@ class RCNNFeatures:
         self.context_pad = int(context_pad)
         self.levels = tuple(levels)
         self.batch_size = int(batch_size)
+        self.crop_batch_size = int(crop_batch_size)
 
     def dilate(self, boxes: np.ndarray) -> np.ndarray:
         return dilate_windows(boxes, self.crop_size, self.context_pad)
@@ -244,30 +256,25 @@ class RCNNFeatures:
         unique, inverse = np.unique(boxes, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         seconds = {"warp": 0.0, "conv": 0.0, "pool": 0.0, "fc": 0.0}
-        out = {layer: [] for layer in layers}
         image = np.ascontiguousarray(image)
+        pooled = torch.empty((len(unique), self.head.in_dim))
         with torch.inference_mode():
-            for s in range(0, len(unique), self.batch_size):
+            for s in range(0, len(unique), self.crop_batch_size):
                 t0 = time.perf_counter()
-                crops = self.warp(image, unique[s : s + self.batch_size])
+                crops = self.warp(image, unique[s : s + self.crop_batch_size])
                 crops = self.trunk.normalize(torch.from_numpy(crops).permute(0, 3, 1, 2))
                 t1 = time.perf_counter()
                 conv5 = self.trunk(crops)
                 t2 = time.perf_counter()
-                pooled = pool_whole_map(conv5, self.levels)
+                pooled[s : s + len(crops)] = pool_whole_map(conv5, self.levels)
                 t3 = time.perf_counter()
-                for k, v in _head_layers(self.head, pooled, layers, self.batch_size).items():
-                    out[k].append(v)
-                t4 = time.perf_counter()
                 seconds["warp"] += t1 - t0
                 seconds["conv"] += t2 - t1
                 seconds["pool"] += t3 - t2
-                seconds["fc"] += t4 - t3
-        feats = {}
-        for k, parts in out.items():
-            dim = self.head.in_dim if k == "pool5" else self.head.fc_dim
-            arr = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
-            feats[k] = arr[inverse]
+            t0 = time.perf_counter()
+            unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
+        feats = {k: v[inverse] for k, v in unique_feats.items()}
+        seconds["fc"] = time.perf_counter() - t0
         return feats, seconds
 
 
@@ -314,7 +321,7 @@ def build_features(cfg, trunk: Trunk, head: FCHead):
                            batch_size=f.batch_size, scale_target_size=f.scale_target_size)
     if f.method == "rcnn":
         return RCNNFeatures(trunk, head, crop_size=f.rcnn_crop_size, context_pad=f.rcnn_context_pad,
-                            levels=f.levels, batch_size=f.batch_size)
+                            levels=f.levels, batch_size=f.batch_size, crop_batch_size=f.rcnn_crop_batch_size)
     from detect.errors import UserError
 
     raise UserError(f"features.method: unknown method {f.method!r} (known: spp, rcnn)")

@@ -34,7 +34,7 @@ of it.
 """
 from __future__ import annotations
 
-import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -124,6 +124,22 @@ def _lookup_indices(cells: np.ndarray, n: int, h: int, w: int, kw_count: int) ->
 
 # windows per chunk: keeps the lookups' temporaries in cache
 POOL_CHUNK = 16
+# fewest windows per worker thread: below this a thread costs more than it saves
+MIN_WINDOWS_PER_THREAD = 128
+
+
+def _reduce_level(finer: np.ndarray, n: int) -> np.ndarray:
+    """[B, m, m, C] bins of level m -> [B, n, n, C] of level n (n divides m): each coarse
+    bin is the union of f x f fine bins (the module docstring), taken as pairwise maxima of
+    strided views, which numpy vectorises over the contiguous channels."""
+    f = finer.shape[1] // n
+    rows = finer[:, 0::f]
+    for dy in range(1, f):
+        rows = np.maximum(rows, finer[:, dy::f])
+    out = rows[:, :, 0::f]
+    for dx in range(1, f):
+        out = np.maximum(out, rows[:, :, dx::f])
+    return out
 
 
 def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int] = (6, 3, 2, 1)) -> torch.Tensor:
@@ -134,6 +150,7 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     levels in the order given, each flattened channel-major (C, n, n). Exactly equal to
     :func:`spatial_pyramid_pool_reference`. Not differentiable (inference and cached
     training use it; trainable pooling uses :func:`pool_whole_map`). CPU float tensors.
+    Windows are split over ``torch.get_num_threads()`` threads (numpy releases the GIL).
     """
     cells = np.asarray(cells, dtype=np.int64).reshape(-1, 4)
     c, h, w = feature_map.shape
@@ -147,6 +164,7 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     # levels that divide a finer one are reductions of it; the others are looked up
     finest = max(levels)
     looked_up = sorted({n for n in levels if finest % n != 0} | {finest}, reverse=True)
+    derived = sorted(set(levels) - set(looked_up), reverse=True)
     smallest = min(looked_up)
     widest_bin = int((cells[:, 2] - cells[:, 0] + 1).max() + smallest - 1) // smallest + 1
     tallest_bin = int((cells[:, 3] - cells[:, 1] + 1).max() + smallest - 1) // smallest + 1
@@ -160,23 +178,33 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     for n in levels:
         offsets.setdefault(n, pos)
         pos += c * n * n
-    for s in range(0, num, POOL_CHUNK):
-        b = min(POOL_CHUNK, num - s)
-        pooled = {}
-        for n in looked_up:
-            idx = [k[s : s + b].reshape(-1) for k in corners[n]]
-            p = np.take(flat, idx[0], axis=0)
-            for extra in idx[1:]:
-                np.maximum(p, np.take(flat, extra, axis=0), out=p)
-            pooled[n] = p.reshape(b, n, n, c)
-        for n in levels:
-            if n not in pooled:
-                src = next(m for m in looked_up if m % n == 0)
-                f = src // n
-                pooled[n] = pooled[src].reshape(b, n, f, n, f, c).max(axis=(2, 4))
-        for n in dict.fromkeys(levels):
-            dst = out[s : s + b, offsets[n] : offsets[n] + c * n * n].reshape(b, c, n, n)
-            dst[...] = pooled[n].transpose(0, 3, 1, 2)
+
+    def pool_range(first: int, stop: int) -> None:
+        for s in range(first, stop, POOL_CHUNK):
+            b = min(POOL_CHUNK, stop - s)
+            pooled = {}
+            for n in looked_up:
+                idx = [k[s : s + b].reshape(-1) for k in corners[n]]
+                p = np.take(flat, idx[0], axis=0)
+                for extra in idx[1:]:
+                    np.maximum(p, np.take(flat, extra, axis=0), out=p)
+                pooled[n] = p.reshape(b, n, n, c)
+            for n in derived:  # from the coarsest computed level that n divides
+                src = min(m for m in pooled if m % n == 0)
+                pooled[n] = _reduce_level(pooled[src], n)
+            for n, start in offsets.items():
+                dst = out[s : s + b, start : start + c * n * n].reshape(b, c, n, n)
+                dst[...] = pooled[n].transpose(0, 3, 1, 2)
+
+    workers = max(1, min(torch.get_num_threads(), num // MIN_WINDOWS_PER_THREAD))
+    if workers == 1:
+        pool_range(0, num)
+    else:
+        # contiguous, chunk-aligned ranges: each thread writes its own rows of `out`
+        share = -(-num // (workers * POOL_CHUNK)) * POOL_CHUNK
+        with ThreadPoolExecutor(workers) as executor:
+            for done in [executor.submit(pool_range, i, min(num, i + share)) for i in range(0, num, share)]:
+                done.result()
     # a level listed twice is copied from its first occurrence
     pos = 0
     for n in levels:

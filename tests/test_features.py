@@ -109,3 +109,22 @@ def test_svd_compression_is_exact_on_a_low_rank_layer():
         small = compress_head(head, rank=10)
         x = torch.randn(7, 400)
         torch.testing.assert_close(small(x, "fc7"), head(x, "fc7"), rtol=1e-3, atol=1e-4)
+
+
+def test_multiscale_pool5_comes_from_each_windows_chosen_scale(net):
+    from detect.spp import project_windows_to_map, spatial_pyramid_pool_reference
+
+    trunk, head = net
+    spp = SPPFeatures(trunk, head, scales=(100, 160, 260), scale_target_size=40)
+    maps = spp.compute_maps(image())
+    b = boxes(seed=3)
+    pool5 = spp.features_from_maps(maps, b, ("pool5",))["pool5"]
+    which = spp.choose_scales(maps.factors, b)
+    assert len(set(which.tolist())) == 3  # every scale is used
+    for i, k in enumerate(which):
+        fx, fy = maps.factors[k]
+        fmap = maps.maps[k]
+        cells = project_windows_to_map(b[i : i + 1] * [fx, fy, fx, fy], trunk.stride, trunk.offset, *fmap.shape[1:])
+        np.testing.assert_array_equal(pool5[i], spatial_pyramid_pool_reference(fmap, cells)[0].numpy())
+    keys, inverse = spp.distinct_windows(maps, b)
+    assert len(keys) < len(b) and (keys[inverse][:, 0] == which).all()

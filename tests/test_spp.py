@@ -99,3 +99,20 @@ def test_projection_collapses_small_windows_and_clamps():
     c = project_windows_to_map(boxes, 16, 8.0, 40, 50)
     assert (c[:, 0] <= c[:, 2]).all() and (c[:, 1] <= c[:, 3]).all()
     assert (c >= 0).all() and (c[:, 2] < 50).all() and (c[:, 3] < 40).all()
+
+
+def test_threaded_fast_path_equals_reference():
+    # enough windows for the kernel to split them over threads (ranges of whole chunks)
+    from detect.spp import MIN_WINDOWS_PER_THREAD
+
+    rng = np.random.default_rng(7)
+    torch.manual_seed(7)
+    fm = torch.randn(3, 11, 13)
+    cells = random_cells(rng, 2 * MIN_WINDOWS_PER_THREAD + 37, 11, 13)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fast = spatial_pyramid_pool(fm, cells)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(fast, spatial_pyramid_pool_reference(fm, cells))

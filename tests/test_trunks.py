@@ -137,3 +137,29 @@ def test_head_layers():
         head(x, "fc8")
     head.add_classifier(4)
     assert head(x, "fc8").shape == (3, 4)
+
+
+@pytest.mark.parametrize("size", [5, 4, 1])
+def test_cross_channel_lrn_equals_torch(size):
+    from detect.trunks import CrossChannelLRN
+
+    torch.manual_seed(size)
+    x = torch.relu(torch.randn(2, 9, 6, 7)) * 30  # large values: the normalisation matters
+    ref = nn.LocalResponseNorm(size, 1e-3, 0.75, 2.0)(x)
+    ours = CrossChannelLRN(size, 1e-3, 0.75, 2.0)
+    torch.testing.assert_close(ours(x), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours(x.contiguous(memory_format=torch.channels_last)), ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ref, x)
+
+
+def test_trunk_runs_channels_last_with_the_same_result():
+    trunk = build_trunk("compact").eval()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        y = trunk(x)
+        # the same layers applied to the usual layout, as a reference
+        ref = x
+        for m in trunk.features:
+            ref = m(ref.contiguous())
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
