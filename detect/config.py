@@ -147,23 +147,29 @@ class TestConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
+    # VOC-layout root of the pretraining images ("" = data.root): the role ImageNet plays
+    # for the paper, a larger set than the detector's own training images
+    root: str = ""
     # image set whose object and background crops train the classifier
     train_set: str = "train"
     # held-out image set for the accuracy report
     val_set: str = "val"
-    # input sizes, one per epoch in turn (paper: 224 and 180; scaled to the compact trunk)
-    sizes: tuple[int, ...] = (96, 77)
-    # epochs over freshly drawn crops
-    epochs: int = 30
+    # crop sizes, one per crop epoch in turn (paper: 224 and 180; scaled to the compact trunk)
+    sizes: tuple[int, ...] = (64, 52)
+    # (lo, hi): every other epoch pools windows from whole images whose shorter side is
+    # uniform in [lo, hi] (see detect/pretrain.py); empty: crop epochs only
+    image_scales: tuple[float, ...] = ()
+    # epochs over freshly drawn crops (and images)
+    epochs: int = 8
     # crops per mini-batch
-    batch_size: int = 64
-    # initial AdamW learning rate (cosine decay to 0)
-    lr: float = 0.0005
+    batch_size: int = 32
+    # peak AdamW learning rate (3% linear warm-up, cosine decay to 0)
+    lr: float = 0.001
     # decoupled weight decay on weights (not on biases or batch-norm parameters)
     weight_decay: float = 0.0001
     # object boxes are jittered by up to this fraction of their size
     jitter: float = 0.1
-    # background crops drawn per image and epoch
+    # background windows drawn per image and epoch
     background_per_image: int = 4
     # where the pretrained network is written ("" = <output_dir>/<name>/pretrain/network.npz)
     out: str = ""

@@ -5,6 +5,7 @@ caches are keyed by the settings each stage depends on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 
@@ -123,8 +124,9 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
 
 
 def demo(model_dir: str, image_path: str, out_path: str | None = None, threshold: float = 0.0,
-         config_path: str | None = None, overrides=None):
-    """Detections on one image, drawn to a PNG; returns ([(class, score, box)], png path)."""
+         config_path: str | None = None, overrides=None, top: int | None = None):
+    """Detections on one image (score >= ``threshold``, the ``top`` best when given),
+    drawn to a PNG; returns ([(class, score, box)], png path)."""
     from detect.feature_sources import WindowFeatures
     from detect.testing import detect_image
     from detect.visualize import draw_detections
@@ -137,7 +139,7 @@ def demo(model_dir: str, image_path: str, out_path: str | None = None, threshold
     features = WindowFeatures.from_config(cfg, network_file=model.network_file)
     det, _ = detect_image(model, features.extract, image, boxes)
     keep = np.flatnonzero(det.scores >= threshold)
-    keep = keep[np.argsort(-det.scores[keep], kind="stable")]
+    keep = keep[np.argsort(-det.scores[keep], kind="stable")][:top]
     rows = [(model.classes[det.labels[i]], float(det.scores[i]), det.boxes[i].tolist()) for i in keep]
     if out_path is None:
         stem = os.path.splitext(os.path.basename(image_path))[0]
@@ -161,11 +163,14 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     from detect.pretrain import CropSampler, pretrain
     from detect.trunks import build_network, save_network
 
+    if len(cfg.pretrain.image_scales) not in (0, 2):
+        raise UserError(f"pretrain.image_scales: give two shorter-side bounds [lo, hi] or none, got {list(cfg.pretrain.image_scales)}")
     path = pretrained_network_path(cfg)
     out_dir = os.path.dirname(path)
     report_path = os.path.join(out_dir, "pretrain_report.json")
     key = stable_hash({"pretrain": config_to_dict(cfg.pretrain), "network": config_to_dict(cfg.network),
-                       "levels": list(cfg.features.levels), "data": cfg.data.root, "seed": cfg.seed})
+                       "levels": list(cfg.features.levels), "data": cfg.pretrain.root or cfg.data.root,
+                       "seed": cfg.seed})
     runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
     if os.path.isfile(report_path) and os.path.isfile(path):
         with open(report_path, encoding="utf-8") as f:
@@ -175,8 +180,9 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
             return report
     os.makedirs(out_dir, exist_ok=True)
     save_config(cfg, os.path.join(out_dir, "config.yaml"))
-    train_ds = open_dataset(cfg, cfg.pretrain.train_set)
-    val_ds = open_dataset(cfg, cfg.pretrain.val_set)
+    data_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=cfg.pretrain.root)) if cfg.pretrain.root else cfg
+    train_ds = open_dataset(data_cfg, cfg.pretrain.train_set)
+    val_ds = open_dataset(data_cfg, cfg.pretrain.val_set)
     p = cfg.pretrain
     train_sampler = CropSampler(train_ds, jitter=p.jitter, background_per_image=p.background_per_image)
     val_sampler = CropSampler(val_ds, jitter=p.jitter, background_per_image=p.background_per_image)
@@ -186,8 +192,11 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
         head.add_classifier(len(train_ds.classes) + 1, seed=cfg.network.init_seed)
         result = pretrain(trunk, head, cfg.features.levels, train_sampler, val_sampler, sizes=sizes,
                           epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
-                          weight_decay=p.weight_decay, seed=cfg.seed, eval_size=p.sizes[0], progress=progress)
-        runs.append({"sizes": list(sizes), "val_accuracy": result.val_accuracy, "seconds": result.seconds,
+                          weight_decay=p.weight_decay, seed=cfg.seed, eval_size=p.sizes[0], progress=progress,
+                          image_scales=tuple(p.image_scales) or None)
+        runs.append({"sizes": list(sizes), "val_accuracy": result.val_accuracy,
+                     "val_image_accuracy": None if math.isnan(result.val_image_accuracy) else result.val_image_accuracy,
+                     "seconds": result.seconds,
                      "history": result.history})
         log.info("pretraining %s: validation accuracy %.4f in %.0f s", sizes, result.val_accuracy, result.seconds)
         if sizes == runs_wanted[0]:

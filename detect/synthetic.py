@@ -44,15 +44,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SYNTHETIC_CLASSES = ("arrow", "bolt", "crescent", "cross", "heart", "ring", "star", "triangle")
 
 IMAGE_SIDE_RANGE = (300, 500)  # VOC-like image sides, px
-OBJECT_SIDE_RANGE = (20, 0.9)  # longer object side: 20 px .. 90% of the shorter image side
+OBJECT_SIDE_RANGE = (28, 0.9)  # longer object side: 28 px .. 90% of the shorter image side
 OBJECTS_PER_IMAGE = (1, 8)
 DISTRACTORS_PER_IMAGE = (3, 10)
-MAX_HIDDEN_BY_OCCLUSION = 0.6  # a placement hiding more of an existing object is refused
-MIN_INSIDE_FRACTION = 0.45  # at least this much of an object lies inside the image
+MAX_HIDDEN_BY_OCCLUSION = 0.4  # a placement hiding more of an existing object is refused
+MIN_INSIDE_FRACTION = 0.6  # at least this much of an object lies inside the image
+MAX_TILT = np.pi / 6  # objects are rotated by at most 30 degrees either way
 DIFFICULT_VISIBLE_FRACTION = 0.5
 DIFFICULT_MIN_SIDE = 18
 MIN_CONTRAST = 70.0  # L1 distance (0..765) between object colour and local background mean
@@ -293,7 +294,8 @@ def render_image(rng: np.random.Generator, classes=SYNTHETIC_CLASSES):
             # log-uniform size, so small objects are as common as large ones
             size = float(np.exp(rng.uniform(np.log(OBJECT_SIDE_RANGE[0]), np.log(max_side))))
             aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
-            angle = float(rng.uniform(0, 2 * np.pi))
+            # upright within MAX_TILT, as objects mostly are in photographs
+            angle = float(rng.uniform(-MAX_TILT, MAX_TILT))
             margin = 0.35 * size if rng.random() < 0.25 else -0.3 * size  # sometimes at the border
             centre = rng.uniform([-margin, -margin], [w + margin, h + margin])
             fill, holes = SHAPES[classes[label]](rng)

@@ -6,6 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+# mAP the smaller quickstart run must beat (measured: see the README's table)
+QUICKSTART_MAP_FLOOR = 0.2
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
 
@@ -23,7 +25,7 @@ def trained(synthetic_voc, tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
     overrides = [
         f"data.root={synthetic_voc}", f"cache_dir={out / 'cache'}", f"output_dir={out / 'output'}",
-        "network.fc_dim=64", "features.scales=[300]", "proposals.max_boxes=300",
+        "network.fc_dim=64", "network.weights=random", "features.scales=[300]", "proposals.max_boxes=300",
     ]
     model = str(out / "model")
     assert run_tool("train_svm", ["--set", *overrides, "--out", model, "--quiet"]) == 0
@@ -89,7 +91,7 @@ def test_mining_resumes_from_a_checkpoint(synthetic_voc, tmp_path, monkeypatch):
     from detect.config import load_config
     from detect.stages import open_dataset
 
-    cfg = load_config(None, [f"data.root={synthetic_voc}", "bbox_reg.enabled=false"])
+    cfg = load_config(None, [f"data.root={synthetic_voc}", "bbox_reg.enabled=false", "network.weights=random"])
     ds = open_dataset(cfg, "trainval")
     rng = np.random.default_rng(0)
     props = {i: np.concatenate([ds.annotation(i).boxes + rng.normal(0, 20, (len(ds.annotation(i).boxes), 4)),
@@ -118,3 +120,30 @@ def test_mining_resumes_from_a_checkpoint(synthetic_voc, tmp_path, monkeypatch):
     resumed = training.train_detector(cfg, ds, props, interrupted, str(tmp_path / "run"), progress=False)
     assert calls["n"] == len(ds) - 4  # pass 1 cached; mining resumes after 4 images
     np.testing.assert_allclose(resumed.svm_weights, reference.svm_weights, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_quickstart_chain_detects_well_above_chance(tmp_path, capsys):
+    """The README's main job, smaller: generate -> pretrain -> proposals -> SVMs + box
+    regression -> test SPP-net (1 and 5 scales) and R-CNN -> demo, then a cached rerun."""
+    argv = ["--detect-images", "40", "--pretrain-images", "300", "--quiet", "--set",
+            f"data.root={tmp_path / 'det' / 'VOC2007'}", f"pretrain.root={tmp_path / 'pre' / 'VOC2007'}",
+            f"output_dir={tmp_path / 'output'}", f"cache_dir={tmp_path / 'cache'}", "pretrain.epochs=4"]
+    assert run_tool("quickstart", argv) == 0
+    out = capsys.readouterr().out
+    assert "SPP-net 5 scales" in out and "R-CNN" in out
+    with open(tmp_path / "output" / "default" / "quickstart.json") as f:
+        summary = json.load(f)
+    maps = {row["name"].split(" (")[0]: row["map"] for row in summary["table"]}
+    # a scorer that ignores the image ranks detections at random: its VOC07 AP on this
+    # data is about the share of proposals that hit an object, a few hundredths
+    assert maps["SPP-net 1 scale"] > QUICKSTART_MAP_FLOOR, maps
+    assert maps["R-CNN"] > QUICKSTART_MAP_FLOOR, maps
+    assert summary["pretrain_val_image_accuracy"] > 0.5
+    assert cv2.imread(summary["demo"]) is not None
+    # every stage is cached: the second run trains and tests nothing
+    assert run_tool("quickstart", argv) == 0
+    with open(tmp_path / "output" / "default" / "quickstart.json") as f:
+        again = json.load(f)
+    assert [r["map"] for r in again["table"]] == [r["map"] for r in summary["table"]]
+    assert again["seconds"]["total"] < 60

@@ -38,8 +38,10 @@ def main(argv=None) -> int:
 
         report = run_pretraining(cfg, compare=args.compare, progress=not args.quiet)
         for row in report["runs"]:
-            print(f"sizes {'/'.join(map(str, row['sizes'])):>9}: validation accuracy {row['val_accuracy']:.4f} "
-                  f"({row['seconds']:.0f} s)")
+            image_acc = row.get("val_image_accuracy")
+            whole = f", on windows of whole images {image_acc:.4f}" if image_acc is not None else ""
+            print(f"sizes {'/'.join(map(str, row['sizes'])):>9}: validation accuracy on crops {row['val_accuracy']:.4f}"
+                  f"{whole} ({row['seconds']:.0f} s)")
         print(f"pretrained network: {report['network']}")
         return 0
 
