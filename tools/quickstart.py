@@ -34,10 +34,10 @@ from detect.cli import DEFAULT_CONFIG, add_config_arguments, config_from_args, r
 
 BUILTIN_SEED = 0
 PRETRAIN_SEED = 1
-# the demo draws at most DEMO_TOP detections scoring at least DEMO_THRESHOLD (an SVM
-# score; 0 is the margin's centre, -1 its negative side)
-DEMO_THRESHOLD = -0.5
-DEMO_TOP = 10
+# the demo draws the DEMO_TOP best-scoring detections, whatever their SVM scores (a weak
+# default model may score nothing above the margin's negative side, -1)
+DEMO_THRESHOLD = float("-inf")
+DEMO_TOP = 5
 FIVE_SCALES = (336, 400, 480, 608, 832)  # the paper's {480, 576, 688, 864, 1200} times 480 / 688
 
 
@@ -178,7 +178,8 @@ def main(argv=None) -> int:
               f"{summary['pretrain_val_accuracy']:.3f}, on windows of whole images "
               f"{summary['pretrain_val_image_accuracy'] or float('nan'):.3f})")
         print(table)
-        print(f"demo: {demo_png} ({len(dets)} detections with score >= {DEMO_THRESHOLD} on {image_path})")
+        best = ", ".join(f"{c} {score:.2f}" for c, score, _ in dets)
+        print(f"demo: {demo_png} (the {len(dets)} best detections on {image_path}: {best})")
         print(f"results: {', '.join(r['results'] for r in rows)}")
         print(f"summary: {os.path.join(out_root, 'quickstart.json')}; {t_end - t_start:.0f} s in all")
         return 0
