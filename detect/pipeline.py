@@ -172,12 +172,16 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
                        "levels": list(cfg.features.levels), "data": cfg.pretrain.root or cfg.data.root,
                        "seed": cfg.seed})
     runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
+    runs = []  # finished runs with these settings are kept: only the missing ones train
     if os.path.isfile(report_path) and os.path.isfile(path):
         with open(report_path, encoding="utf-8") as f:
             report = json.load(f)
-        if report.get("key") == key and {tuple(r["sizes"]) for r in report["runs"]} >= set(runs_wanted):
-            log.info("pretraining: reusing %s", path)
-            return report
+        if report.get("key") == key:
+            if {tuple(r["sizes"]) for r in report["runs"]} >= set(runs_wanted):
+                log.info("pretraining: reusing %s", path)
+                return report
+            runs = [r for r in report["runs"] if tuple(r["sizes"]) in runs_wanted]
+    done = {tuple(r["sizes"]) for r in runs}
     os.makedirs(out_dir, exist_ok=True)
     save_config(cfg, os.path.join(out_dir, "config.yaml"))
     data_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=cfg.pretrain.root)) if cfg.pretrain.root else cfg
@@ -186,8 +190,7 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     p = cfg.pretrain
     train_sampler = CropSampler(train_ds, jitter=p.jitter, background_per_image=p.background_per_image)
     val_sampler = CropSampler(val_ds, jitter=p.jitter, background_per_image=p.background_per_image)
-    runs = []
-    for sizes in runs_wanted:
+    for sizes in [s for s in runs_wanted if s not in done]:
         trunk, head = build_network(dataclasses.replace(cfg.network, weights="random"), cfg.features.levels)
         head.add_classifier(len(train_ds.classes) + 1, seed=cfg.network.init_seed)
         result = pretrain(trunk, head, cfg.features.levels, train_sampler, val_sampler, sizes=sizes,
@@ -202,6 +205,7 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
         if sizes == runs_wanted[0]:
             save_network(trunk, head, path, extra={"pretrain": config_to_dict(cfg.pretrain),
                                                    "val_accuracy": result.val_accuracy})
+    runs.sort(key=lambda r: runs_wanted.index(tuple(r["sizes"])))
     report = {"key": key, "network": path, "classes": list(train_ds.classes), "runs": runs,
               "train_images": len(train_ds), "val_images": len(val_ds)}
     atomic_write_json(report_path, report)

@@ -37,3 +37,55 @@ def test_multi_size_pretraining_alternates_sizes_and_trains(synthetic_voc):
     assert not torch.equal(before, trunk.features[0].weight)
     assert 0.0 <= result.val_accuracy <= 1.0
     assert all(np.isfinite(r["loss"]) for r in result.history)
+
+
+def test_whole_image_epochs_pool_windows_as_the_detector_does(synthetic_voc):
+    from detect.features import SPPFeatures
+    from detect.pretrain import ClassifierNet
+
+    ds = VOCDataset(synthetic_voc, "trainval")
+    trunk, head = build_network(NetworkConfig(trunk="compact", fc_dim=32))
+    head.add_classifier(len(ds.classes) + 1)
+    sampler = CropSampler(ds, background_per_image=2)
+    result = pretrain(trunk, head, (6, 3, 2, 1), sampler, sampler, sizes=(48,), epochs=3, batch_size=16,
+                      lr=1e-3, progress=False, image_scales=(96, 160))
+    assert [r["size"] for r in result.history] == [48, "image", 48]
+    assert 0.0 <= result.val_image_accuracy <= 1.0
+    # the training-time pooling of a window equals SPP-net's detection-time features
+    trunk.eval(), head.eval()
+    net = ClassifierNet(trunk, head, (6, 3, 2, 1))
+    image = sampler.images[0]
+    windows = np.array([[5, 8, 60, 70], [0, 0, image.shape[1], image.shape[0]]], np.float32)
+    with torch.no_grad():
+        logits = net.forward_image(image, windows)
+    spp = SPPFeatures(trunk, head, scales=(min(image.shape[:2]),))
+    fc7 = spp.extract(image, windows, ("fc7",))[0]["fc7"]
+    with torch.no_grad():
+        expected = head.fc8(torch.from_numpy(fc7))
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_pretraining_keeps_finished_runs(synthetic_voc, tmp_path, monkeypatch):
+    import detect.pipeline as pipeline
+    from detect.config import load_config
+
+    cfg = load_config(None, [f"data.root={synthetic_voc}", f"output_dir={tmp_path}", "network.fc_dim=16",
+                             "pretrain.sizes=[40,32]", "pretrain.epochs=1", "pretrain.train_set=train",
+                             "pretrain.val_set=val"])
+    first = pipeline.run_pretraining(cfg, progress=False)
+    assert [r["sizes"] for r in first["runs"]] == [[40, 32]]
+    calls = []
+    import detect.pretrain as pretrain_module  # run_pretraining imports it when called
+
+    original = pretrain_module.pretrain
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["sizes"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "pretrain", counting)
+    both = pipeline.run_pretraining(cfg, compare=True, progress=False)
+    assert calls == [(40,)]  # only the missing single-size run trains
+    assert [r["sizes"] for r in both["runs"]] == [[40, 32], [40]]
+    assert both["runs"][0] == first["runs"][0]
+    assert pipeline.run_pretraining(cfg, compare=True, progress=False) == both and calls == [(40,)]
