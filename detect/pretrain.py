@@ -169,11 +169,7 @@ def evaluate_image_accuracy(net: ClassifierNet, sampler: CropSampler, scale: flo
             labels = np.concatenate([ann.labels + 1, np.zeros(len(bg), np.int64)])
             if len(labels) == 0:
                 continue
-            image = sampler.images[index]
-            factor = scale / min(image.shape[:2])
-            resized = cv2.resize(image, (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor))),
-                                 interpolation=cv2.INTER_LINEAR)
-            fx, fy = resized.shape[1] / image.shape[1], resized.shape[0] / image.shape[0]
+            resized, fx, fy = _resize_shorter(sampler.images[index], scale)
             logits = net.forward_image(resized, windows * np.float32([fx, fy, fx, fy]))
             correct += int((logits.argmax(1).numpy() == labels).sum())
             total += len(labels)
@@ -190,15 +186,21 @@ class PretrainResult:
     seconds: float = 0.0
 
 
-def _resized_image(rng, image: np.ndarray, scales: tuple[float, float], max_side: int = 2000):
-    """The image with its shorter side uniform in ``scales``, mirrored half the time:
-    (image, factor, mirrored)."""
+def _resize_shorter(image: np.ndarray, shorter: float, max_side: int = 2000) -> tuple[np.ndarray, float, float]:
+    """The image with its shorter side ``shorter`` (the longer at most ``max_side``) and
+    the x and y factors applied."""
     h, w = image.shape[:2]
-    factor = min(rng.uniform(*scales) / min(h, w), max_side / max(h, w))
+    factor = min(shorter / min(h, w), max_side / max(h, w))
     nh, nw = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
-    out = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR), nw / w, nh / h
+
+
+def _resized_image(rng, image: np.ndarray, scales: tuple[float, float]):
+    """The image with its shorter side uniform in ``scales``, mirrored half the time:
+    (image, [fx, fy, fx, fy] box factors, mirrored)."""
+    out, fx, fy = _resize_shorter(image, rng.uniform(*scales))
     mirrored = bool(rng.random() < 0.5)
-    return (out[:, ::-1] if mirrored else out), factor, mirrored
+    return (out[:, ::-1] if mirrored else out), np.float32([fx, fy, fx, fy]), mirrored
 
 
 def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val_sampler: CropSampler | None,
@@ -260,8 +262,8 @@ def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val
                 windows, labels = train_sampler.image_windows(rng, int(index))
                 if len(labels) < 2:
                     continue
-                image, factor, mirrored = _resized_image(rng, train_sampler.images[index], image_scales)
-                windows = windows * factor
+                image, box_factor, mirrored = _resized_image(rng, train_sampler.images[index], image_scales)
+                windows = windows * box_factor
                 if mirrored:
                     w = image.shape[1]
                     windows = np.stack([w - windows[:, 2], windows[:, 1], w - windows[:, 0], windows[:, 3]], 1)
