@@ -7,7 +7,7 @@
    alternating with whole-image epochs; ``tools/pretrain.py``);
 3. computes selective-search proposals, SPP features, SVMs with hard-negative mining and
    box regressors (``tools/train_svm.py``), for SPP-net and for R-CNN on the same weights;
-4. tests SPP-net at 1 scale and at 5 scales (the 1-scale SVMs; features.scales_5) and
+4. tests SPP-net at 1 scale and at 5 scales (``--five-scales``, with the 1-scale SVMs) and
    R-CNN on the test set (``tools/test_net.py``);
 5. draws the 1-scale model's detections on one test image (``tools/demo.py``);
 
