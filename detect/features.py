@@ -264,7 +264,7 @@ class RCNNFeatures:
                 crops = self.warp(image, unique[s : s + self.crop_batch_size])
                 crops = self.trunk.normalize(torch.from_numpy(crops).permute(0, 3, 1, 2))
                 t1 = time.perf_counter()
-                conv5 = self.trunk(crops)
+                conv5 = self.trunk(crops, inputs="crop")
                 t2 = time.perf_counter()
                 pooled[s : s + len(crops)] = pool_whole_map(conv5, self.levels)
                 t3 = time.perf_counter()

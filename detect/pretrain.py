@@ -22,6 +22,9 @@ image so that its shorter side is uniform in [lo, hi], runs the trunk once, and 
 every window (two jittered copies of each object, background windows) from the map by
 the detection-time rule: the same objects and backgrounds, presented as SPP-net's
 detector will see them. Epochs then alternate crop, image, crop, image, ...
+Batch-norm layers keep separate running statistics for crops and whole images
+(:class:`detect.trunks.PerInputBatchNorm2d`), so R-CNN (crops) and SPP-net (whole images)
+each normalise with the statistics of their own input.
 """
 from __future__ import annotations
 
@@ -131,7 +134,7 @@ class ClassifierNet(torch.nn.Module):
 
     def forward(self, crops_uint8: torch.Tensor) -> torch.Tensor:
         x = self.trunk.normalize(crops_uint8.permute(0, 3, 1, 2))
-        return self.head(pool_whole_map(self.trunk(x), self.levels), "fc8")
+        return self.head(pool_whole_map(self.trunk(x, inputs="crop"), self.levels), "fc8")
 
     def forward_image(self, image_uint8: np.ndarray, windows: np.ndarray) -> torch.Tensor:
         """fc8 of windows pooled from one image's conv5 map, as SPP-net detects
@@ -222,7 +225,8 @@ def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val
     # AdamW: plain SGD at any stable rate stalls for many epochs at the class prior on
     # this from-scratch problem, which the CPU budget cannot afford
     opt = torch.optim.AdamW([{"params": params_decay, "weight_decay": weight_decay},
-                             {"params": params_other, "weight_decay": 0.0}], lr=lr)
+                             {"params": params_other, "weight_decay": 0.0}], lr=lr,
+                            fused=True)  # one fused kernel: 7 ms a step against 20 ms
     eval_size = eval_size or sizes[0]
     val = None
     if val_sampler is not None:
@@ -295,6 +299,8 @@ def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val
         log.info("pretrain epoch %d (%s): loss %.4f train acc %.4f%s", epoch + 1, size, row["loss"],
                  row["train_accuracy"], f" val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else "")
     net.eval()
+    if not image_scales:
+        trunk.copy_statistics("crop", "image")  # crops only: whole images get the crops' statistics
     val_acc = evaluate_accuracy(net, *val) if val is not None else float("nan")
     val_image_acc = float("nan")
     if val_sampler is not None and image_scales:

@@ -63,7 +63,8 @@ def test_max_side_caps_huge_inputs(net):
     spp = SPPFeatures(trunk, head, scales=(688,), max_side=320)
     assert spp.resized_size(4000, 6000, 688) == (213, 320)
     maps = spp.compute_maps(np.zeros((400, 600, 3), np.uint8))
-    assert maps.maps[0].shape[1:] == (14, 20)
+    # 213 x 320 at total stride 8: 27 x 40 cells
+    assert trunk.stride == 8 and maps.maps[0].shape[1:] == (27, 40)
 
 
 def test_rcnn_warp_geometry_and_features(net):
@@ -83,8 +84,20 @@ def test_rcnn_warp_geometry_and_features(net):
     one = rc.warp(image(), boxes()[:1])
     with torch.no_grad():
         x = trunk.normalize(torch.from_numpy(one).permute(0, 3, 1, 2))
-        ref = pool_whole_map(trunk(x)).numpy()
+        ref = pool_whole_map(trunk(x, inputs="crop")).numpy()
     np.testing.assert_allclose(f["pool5"][0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_rcnn_normalises_with_crop_statistics_and_spp_with_image_ones():
+    trunk, head = build_network(NetworkConfig(trunk="compact", fc_dim=16, init_seed=1))
+    rc = RCNNFeatures(trunk, head, crop_size=32, context_pad=4)
+    spp = SPPFeatures(trunk, head, scales=(120,))
+    before_rc = rc.extract(image(), boxes()[:6], ("pool5",))[0]["pool5"]
+    before_spp = spp.extract(image(), boxes()[:6], ("pool5",))[0]["pool5"]
+    with torch.no_grad():
+        trunk.features[1].crop_running_mean.fill_(3.0)  # only the crop statistics change
+    assert not np.allclose(rc.extract(image(), boxes()[:6], ("pool5",))[0]["pool5"], before_rc)
+    np.testing.assert_array_equal(spp.extract(image(), boxes()[:6], ("pool5",))[0]["pool5"], before_spp)
 
 
 def test_svd_compressed_head_approximates(net):

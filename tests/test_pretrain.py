@@ -35,6 +35,9 @@ def test_multi_size_pretraining_alternates_sizes_and_trains(synthetic_voc):
                       lr=1e-3, progress=False)
     assert [r["size"] for r in result.history] == [48, 40]  # epochs alternate between sizes
     assert not torch.equal(before, trunk.features[0].weight)
+    # crops only: whole images normalise with the crops' batch-norm statistics
+    bn = trunk.features[1]
+    assert torch.equal(bn.running_mean, bn.crop_running_mean) and bn.running_mean.abs().sum() > 0
     assert 0.0 <= result.val_accuracy <= 1.0
     assert all(np.isfinite(r["loss"]) for r in result.history)
 
@@ -51,6 +54,10 @@ def test_whole_image_epochs_pool_windows_as_the_detector_does(synthetic_voc):
                       lr=1e-3, progress=False, image_scales=(96, 160))
     assert [r["size"] for r in result.history] == [48, "image", 48]
     assert 0.0 <= result.val_image_accuracy <= 1.0
+    # crop epochs and image epochs each measured their own batch-norm statistics
+    bn = trunk.features[1]
+    assert not torch.allclose(bn.running_mean, bn.crop_running_mean)
+    assert bn.running_mean.abs().sum() > 0 and bn.crop_running_mean.abs().sum() > 0
     # the training-time pooling of a window equals SPP-net's detection-time features
     trunk.eval(), head.eval()
     net = ClassifierNet(trunk, head, (6, 3, 2, 1))

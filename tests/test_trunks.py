@@ -84,9 +84,12 @@ def test_torchvision_state_dict_file(tmp_path):
 def test_save_and_load_network_round_trip(tmp_path):
     cfg = NetworkConfig(trunk="compact", fc_dim=32, init_seed=3)
     trunk, head = build_network(cfg)
+    with torch.no_grad():
+        trunk.features[1].crop_running_mean.uniform_(-1, 1)  # distinct from the image statistics
     head.add_classifier(5)
     path = save_network(trunk, head, str(tmp_path / "net.npz"))
     trunk2, head2 = load_network(path)
+    assert any(k.endswith("crop_running_mean") for k in trunk2.state_dict())  # both kinds' statistics
     for a, b in zip(list(trunk.state_dict().values()) + list(head.state_dict().values()),
                     list(trunk2.state_dict().values()) + list(head2.state_dict().values())):
         assert torch.equal(a, b)
@@ -163,3 +166,45 @@ def test_trunk_runs_channels_last_with_the_same_result():
             ref = m(ref.contiguous())
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_keeps_statistics_per_kind_of_input():
+    from detect.trunks import PerInputBatchNorm2d
+
+    torch.manual_seed(0)
+    trunk = build_trunk("compact").eval()
+    bns = [m for m in trunk.features if isinstance(m, PerInputBatchNorm2d)]
+    assert bns, "the compact trunk is batch-normalised"
+    with torch.no_grad():
+        for bn in bns:
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+            bn.crop_running_mean.uniform_(-1, 1), bn.crop_running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 40, 48)
+    # reference: the same layers with plain batch norm carrying each kind's statistics
+    for kind, (mean, var) in {"image": ("running_mean", "running_var"),
+                              "crop": ("crop_running_mean", "crop_running_var")}.items():
+        layers = []
+        for m in trunk.features:
+            if isinstance(m, PerInputBatchNorm2d):
+                plain = nn.BatchNorm2d(m.num_features).eval()
+                plain.load_state_dict({"weight": m.weight, "bias": m.bias, "running_mean": getattr(m, mean),
+                                       "running_var": getattr(m, var), "num_batches_tracked": m.num_batches_tracked})
+                layers.append(plain)
+            else:
+                layers.append(m)
+        with torch.no_grad():
+            expected = nn.Sequential(*layers)(x)
+            torch.testing.assert_close(trunk(x, inputs=kind), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(trunk(x, inputs="crop"), trunk(x))
+    with pytest.raises(ValueError, match="inputs"):
+        trunk(x, inputs="window")
+    # training in one kind updates that kind's statistics only
+    bn = bns[0]
+    image_stats, crop_stats = bn.running_mean.clone(), bn.crop_running_mean.clone()
+    trunk.train()
+    trunk(x, inputs="crop")
+    assert torch.equal(bn.running_mean, image_stats) and not torch.equal(bn.crop_running_mean, crop_stats)
+    trunk.copy_statistics("crop", "image")
+    assert torch.equal(bn.running_mean, bn.crop_running_mean) and torch.equal(bn.running_var, bn.crop_running_var)
