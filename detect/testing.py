@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 ExtractFn = Callable[[np.ndarray, np.ndarray, Sequence[str]], tuple[dict, dict]]
 
 # Stages reported in results.json["seconds_per_image"] (median over images).
-STAGES = ("proposals", "conv", "pool", "fc", "svm", "nms", "bbox_reg")
+# ``warp`` is R-CNN's (cropping and warping each window; 0 for SPP-net), last so that
+# detections cached with the older stage list still read back in order.
+STAGES = ("proposals", "conv", "pool", "fc", "svm", "nms", "bbox_reg", "warp")
 
 
 def detect_image(

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from detect.boxes import nms
 from detect.detector import (
@@ -57,3 +58,15 @@ def test_empty_and_round_trip():
         for k in range(4):
             sel = d.labels == k
             assert len(nms(d.boxes[sel], d.scores[sel], 0.3)) == sel.sum()
+
+
+def test_median_timings_count_rcnn_warp_and_leave_out_proposals():
+    from detect.testing import median_timings
+
+    per_image = [{"proposals": 5.0, "warp": 0.3, "conv": 1.0, "pool": 0.0, "fc": 0.2, "svm": 0.01, "nms": 0.01, "bbox_reg": 0.0},
+                 {"proposals": 7.0, "warp": 0.5, "conv": 2.0, "pool": 0.0, "fc": 0.4, "svm": 0.01, "nms": 0.01, "bbox_reg": 0.0},
+                 {"proposals": 6.0, "warp": 0.4, "conv": 1.5, "pool": 0.0, "fc": 0.3, "svm": 0.01, "nms": 0.01, "bbox_reg": 0.0}]
+    m = median_timings(per_image)
+    assert m["warp"] == pytest.approx(0.4) and m["proposals"] == pytest.approx(6.0)
+    # the median of the per-image sums (warp included, proposals not): 0.3+1.0+0.2+0.02 = 1.52, ...
+    assert m["total_excluding_proposals"] == pytest.approx(0.4 + 1.5 + 0.3 + 0.02)

@@ -1,0 +1,148 @@
+"""The shape of the SPP-net paper's Table 9 on any config (default: the built-in data).
+
+For SPP-net (1 scale and, with ``--five-scales``, 5 scales) and R-CNN on the same
+network: SVMs on pool5, on fc7 and on fine-tuned fc7 (SPP-net only: fc6, fc7 and a new
+fc8 fine-tuned on pooled conv5 vectors of the whole train set, ``tools/finetune_fc.py``), each tested without
+and with bounding-box regression, plus the seconds per image per stage of the fc7 rows.
+Every row trains its own SVMs (``pipeline.train``, cached per name) and is tested once:
+the detections with and without the regressors come from the same window scores.
+
+Prints the table and writes JSON (default ``bench/results/table9.json``). Needs the
+configured network (for the default: ``make quickstart`` first)::
+
+    python bench/table9.py                         # built-in default, 100 + 100 images
+    python bench/table9.py --num-train 50 --num-test 50 --methods spp
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from detect import pipeline  # noqa: E402
+from detect.config import load_config  # noqa: E402
+from detect.detector import detections_from_scores, score_windows  # noqa: E402
+from detect.evaluation import eval_detection_voc  # noqa: E402
+from detect.feature_sources import WindowFeatures  # noqa: E402
+from detect.model import load_model  # noqa: E402
+from detect.boxes import apply_bbox_deltas  # noqa: E402
+from detect.stages import build_proposal_store, open_dataset  # noqa: E402
+from detect.testing import median_timings  # noqa: E402
+
+FIVE_SCALES = [336, 400, 480, 576, 832]  # tools/quickstart.py's five scales for the default
+
+
+def evaluate_with_and_without_regression(model_dir: str, num_images: int | None, overrides, progress: bool):
+    """(mAP without box regression, mAP with it, median seconds per stage) of a model."""
+    model = load_model(model_dir)
+    cfg = load_config(None, overrides, base=model.config)
+    dataset = open_dataset(cfg, cfg.data.test_set, num_images)
+    store = build_proposal_store(cfg, dataset, progress)
+    features = WindowFeatures.from_config(cfg, network_file=model.network_file)
+    layers = tuple(dict.fromkeys((model.svm_layer, model.bbox_layer)))
+    plain, regressed, timings = [], [], []
+    for image_id in tqdm(dataset.image_ids, desc=os.path.basename(os.path.dirname(model_dir)), disable=not progress):
+        image, boxes = dataset.load_image(image_id), store[image_id]
+        feats, t = features.extract(image, boxes, layers)
+        t = {k: float(v) for k, v in t.items()}
+        t0 = time.perf_counter()
+        scores = score_windows(feats[model.svm_layer], model.svm_weights, model.svm_bias)
+        t1 = time.perf_counter()
+        class_boxes = None
+        if model.regressor is not None and len(boxes):
+            deltas = model.regressor.predict_all_classes(feats[model.bbox_layer])
+            n, k = deltas.shape[:2]
+            rep = np.repeat(np.asarray(boxes, np.float32), k, axis=0)
+            class_boxes = apply_bbox_deltas(rep, deltas.reshape(-1, 4)).reshape(n, k, 4)
+        t2 = time.perf_counter()
+        tc = cfg.test
+        kw = dict(nms_iou=tc.nms_iou, max_per_class=tc.max_per_class, score_threshold=tc.score_threshold)
+        plain.append(detections_from_scores(boxes, scores, image.shape[:2], **kw))
+        t3 = time.perf_counter()
+        regressed.append(detections_from_scores(boxes, scores, image.shape[:2], class_boxes=class_boxes, **kw))
+        t.update(svm=t1 - t0, bbox_reg=t2 - t1, nms=t3 - t2, proposals=float(store.seconds(image_id)))
+        timings.append(t)
+    gt = dataset.gt_lists()
+    maps = []
+    for dets in (plain, regressed):
+        ev = eval_detection_voc([d.boxes for d in dets], [d.labels for d in dets], [d.scores for d in dets],
+                                *gt, iou_thresh=0.5, use_07_metric=True, num_classes=len(model.classes))
+        maps.append(float(ev["map"]))
+    return maps[0], maps[1], median_timings(timings)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/default.yaml")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--methods", default="spp,rcnn", help="comma-separated: spp, rcnn")
+    p.add_argument("--five-scales", action="store_true", help="also SPP-net at 5 scales (the 1-scale SVMs)")
+    p.add_argument("--num-train", type=int, default=None, help="trainval images for SVMs and fine-tuning")
+    p.add_argument("--num-test", type=int, default=None, help="test images")
+    p.add_argument("--out", default="bench/results/table9.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    progress = not args.quiet
+    base = load_config(args.config, args.set)
+    rows = []
+
+    def run(label, method, layer, weights=None, five=False):
+        over = [f"features.method={method}", f"features.layer={layer}", f"name=table9/{base.name}_{label}"]
+        if weights:
+            over.append(f"network.weights={weights}")
+        cfg = load_config(args.config, args.set + over)
+        t0 = time.perf_counter()
+        model_dir = pipeline.train(cfg, num_images=args.num_train, progress=progress)
+        t_train = time.perf_counter() - t0
+        entries = [("1 scale", [])] + ([("5 scales", [f"features.scales={FIVE_SCALES}"])] if five else [])
+        for scales, test_over in entries:
+            no_bb, bb, secs = evaluate_with_and_without_regression(model_dir, args.num_test, test_over, progress)
+            name = "R-CNN" if method == "rcnn" else f"SPP-net {scales}"
+            rows.append({"method": name, "features": label, "map": no_bb, "map_bbox": bb,
+                         "seconds_per_image": secs, "train_seconds": t_train})
+            print(f"{name:<18}{label:<8} mAP {no_bb:.3f}  + bbox {bb:.3f}  "
+                  f"{secs['total_excluding_proposals']:.3f} s/image", flush=True)
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method in methods:
+        if method not in ("spp", "rcnn"):
+            p.error(f"unknown method {method!r}")
+        run("pool5", method, "pool5")
+        run("fc7", method, "fc7", five=args.five_scales and method == "spp")
+        if method == "spp":
+            ft_cfg = load_config(args.config, args.set + ["features.method=spp", f"name=table9/{base.name}_ft"])
+            path = os.path.join(ft_cfg.output_dir, ft_cfg.name, "finetune", "network.npz")
+            if not os.path.isfile(path):
+                pipeline.run_finetuning(ft_cfg, path, progress=progress)
+            run("ft fc7", "spp", "fc7", weights=path, five=args.five_scales)
+
+    header = f"{'method':<18}{'layer':<8}{'mAP':>7}{'+bbox':>8}{'s/image':>10}{'conv':>8}{'pool/warp':>10}{'fc':>8}"
+    lines = [header]
+    for r in rows:
+        s = r["seconds_per_image"]
+        lines.append(f"{r['method']:<18}{r['features']:<8}{r['map']:7.3f}{r['map_bbox']:8.3f}"
+                     f"{s['total_excluding_proposals']:10.3f}{s.get('conv', 0):8.3f}{s.get('pool', 0) + s.get('warp', 0):10.3f}{s.get('fc', 0):8.3f}")
+    print("\n".join(lines))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"config": args.config, "overrides": args.set, "num_train": args.num_train, "num_test": args.num_test,
+                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "rows": rows}, f, indent=2)
+    os.replace(tmp, args.out)
+    print(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
