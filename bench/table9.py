@@ -31,13 +31,12 @@ from tqdm import tqdm  # noqa: E402
 
 from detect import pipeline  # noqa: E402
 from detect.config import load_config  # noqa: E402
-from detect.detector import detections_from_scores, score_windows  # noqa: E402
+from detect.detector import detections_from_scores  # noqa: E402
 from detect.evaluation import eval_detection_voc  # noqa: E402
 from detect.feature_sources import WindowFeatures  # noqa: E402
 from detect.model import load_model  # noqa: E402
-from detect.boxes import apply_bbox_deltas  # noqa: E402
 from detect.stages import build_proposal_store, open_dataset  # noqa: E402
-from detect.testing import median_timings  # noqa: E402
+from detect.testing import median_timings, model_layers, score_and_regress  # noqa: E402
 
 FIVE_SCALES = [336, 400, 480, 576, 832]  # tools/quickstart.py's five scales for the default
 
@@ -49,28 +48,19 @@ def evaluate_with_and_without_regression(model_dir: str, num_images: int | None,
     dataset = open_dataset(cfg, cfg.data.test_set, num_images)
     store = build_proposal_store(cfg, dataset, progress)
     features = WindowFeatures.from_config(cfg, network_file=model.network_file)
-    layers = tuple(dict.fromkeys((model.svm_layer, model.bbox_layer)))
     plain, regressed, timings = [], [], []
     for image_id in tqdm(dataset.image_ids, desc=os.path.basename(os.path.dirname(model_dir)), disable=not progress):
         image, boxes = dataset.load_image(image_id), store[image_id]
-        feats, t = features.extract(image, boxes, layers)
+        feats, t = features.extract(image, boxes, model_layers(model))
         t = {k: float(v) for k, v in t.items()}
-        t0 = time.perf_counter()
-        scores = score_windows(feats[model.svm_layer], model.svm_weights, model.svm_bias)
-        t1 = time.perf_counter()
-        class_boxes = None
-        if model.regressor is not None and len(boxes):
-            deltas = model.regressor.predict_all_classes(feats[model.bbox_layer])
-            n, k = deltas.shape[:2]
-            rep = np.repeat(np.asarray(boxes, np.float32), k, axis=0)
-            class_boxes = apply_bbox_deltas(rep, deltas.reshape(-1, 4)).reshape(n, k, 4)
-        t2 = time.perf_counter()
+        scores, class_boxes, svm_s, reg_s = score_and_regress(model, feats, boxes)
         tc = cfg.test
         kw = dict(nms_iou=tc.nms_iou, max_per_class=tc.max_per_class, score_threshold=tc.score_threshold)
+        t0 = time.perf_counter()
         plain.append(detections_from_scores(boxes, scores, image.shape[:2], **kw))
-        t3 = time.perf_counter()
+        t1 = time.perf_counter()
         regressed.append(detections_from_scores(boxes, scores, image.shape[:2], class_boxes=class_boxes, **kw))
-        t.update(svm=t1 - t0, bbox_reg=t2 - t1, nms=t3 - t2, proposals=float(store.seconds(image_id)))
+        t.update(svm=svm_s, bbox_reg=reg_s, nms=t1 - t0, proposals=float(store.seconds(image_id)))
         timings.append(t)
     gt = dataset.gt_lists()
     maps = []
@@ -98,7 +88,7 @@ def main(argv=None) -> int:
     rows = []
 
     def run(label, method, layer, weights=None, five=False):
-        over = [f"features.method={method}", f"features.layer={layer}", f"name=table9/{base.name}_{label}"]
+        over = [f"features.method={method}", f"features.layer={layer}", f"name=table9/{base.name}_{method}_{label.replace(' ', '_')}"]
         if weights:
             over.append(f"network.weights={weights}")
         cfg = load_config(args.config, args.set + over)
@@ -121,7 +111,7 @@ def main(argv=None) -> int:
         run("pool5", method, "pool5")
         run("fc7", method, "fc7", five=args.five_scales and method == "spp")
         if method == "spp":
-            ft_cfg = load_config(args.config, args.set + ["features.method=spp", f"name=table9/{base.name}_ft"])
+            ft_cfg = load_config(args.config, args.set + ["features.method=spp", f"name=table9/{base.name}_finetune"])
             path = os.path.join(ft_cfg.output_dir, ft_cfg.name, "finetune", "network.npz")
             if not os.path.isfile(path):
                 pipeline.run_finetuning(ft_cfg, path, progress=progress)

@@ -47,6 +47,7 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
         t_prop = time.perf_counter() - t0
         features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
         work_dir = os.path.join(out_dir, "work")
+        _reset_stale_work_dir(work_dir, cfg, dataset, features)
         result = train_detector(cfg, dataset, store, features.feature_fn(dataset), work_dir, progress)
         result.report["seconds"]["proposals"] = t_prop
         network_file = features.save_network_if_needed(out_dir)
@@ -62,6 +63,37 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
         logging.getLogger().removeHandler(handler)
         handler.close()
     return out_dir
+
+
+def _reset_stale_work_dir(work_dir: str, cfg: Config, dataset, features) -> None:
+    """The checkpoints in ``work_dir`` (positives, mining state) serve only a rerun of the
+    same training: features, network weights, SVM / regression settings, data and
+    proposals. A work directory left by other settings is emptied, so that a model
+    directory reused with a new config never trains on stale features."""
+    import json
+    import shutil
+
+    from detect.config import config_to_dict
+    from detect.feature_sources import network_digest
+    from detect.fileio import stable_hash
+
+    key = stable_hash({section: config_to_dict(getattr(cfg, section))
+                       for section in ("data", "proposals", "features", "svm", "bbox_reg")}
+                      | {"seed": cfg.seed, "images": list(dataset.image_ids),
+                         "network": network_digest(features.trunk, features.head)})
+    key_path = os.path.join(work_dir, "key.json")
+    if os.path.isdir(work_dir):
+        old = None
+        if os.path.isfile(key_path):
+            with open(key_path, encoding="utf-8") as f:
+                old = json.load(f).get("key")
+        if old != key:
+            if os.listdir(work_dir):
+                log.info("%s: left by other settings, starting afresh", work_dir)
+            shutil.rmtree(work_dir)
+    os.makedirs(work_dir, exist_ok=True)
+    if not os.path.isfile(key_path):
+        atomic_write_json(key_path, {"key": key})
 
 
 def _model_and_config(model_dir: str, method: str | None, config_path: str | None, overrides):

@@ -22,7 +22,7 @@ from detect.detector import Detections, concatenate_detections, detections_from_
 from detect.fileio import atomic_save_npz, load_npz
 from detect.model import DetectionModel
 
-__all__ = ["ExtractFn", "detect_image", "run_test", "STAGES", "median_timings"]
+__all__ = ["ExtractFn", "detect_image", "model_layers", "score_and_regress", "run_test", "STAGES", "median_timings"]
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +41,38 @@ def detect_image(
     boxes: np.ndarray,
 ) -> tuple[Detections, dict[str, float]]:
     """Detections of one image from its proposal boxes, and seconds per stage."""
-    use_reg = model.regressor is not None
-    layers = (model.svm_layer,) + ((model.bbox_layer,) if use_reg and model.bbox_layer != model.svm_layer else ())
-    feats, timings = extract_fn(image, boxes, layers)
+    feats, timings = extract_fn(image, boxes, model_layers(model))
     timings = {k: float(v) for k, v in timings.items()}
-    t0 = time.perf_counter()
-    scores = score_windows(feats[model.svm_layer], model.svm_weights, model.svm_bias)
-    t1 = time.perf_counter()
-    class_boxes = None
-    if use_reg and len(boxes):
-        deltas = model.regressor.predict_all_classes(feats[model.bbox_layer])  # [N, K, 4]
-        n, k = deltas.shape[:2]
-        rep = np.repeat(np.asarray(boxes, np.float32), k, axis=0)
-        class_boxes = apply_bbox_deltas(rep, deltas.reshape(-1, 4)).reshape(n, k, 4)
+    scores, class_boxes, svm_s, reg_s = score_and_regress(model, feats, boxes)
     t2 = time.perf_counter()
     tcfg = model.config.test
     det = detections_from_scores(
         boxes, scores, image.shape[:2], nms_iou=tcfg.nms_iou, max_per_class=tcfg.max_per_class,
         score_threshold=tcfg.score_threshold, class_boxes=class_boxes)
     t3 = time.perf_counter()
-    timings.update(svm=t1 - t0, bbox_reg=t2 - t1, nms=t3 - t2)
+    timings.update(svm=svm_s, bbox_reg=reg_s, nms=t3 - t2)
     return det, timings
+
+
+def model_layers(model: DetectionModel) -> tuple[str, ...]:
+    """The feature layers a model reads: its SVMs' and, with regressors, theirs."""
+    use_reg = model.regressor is not None
+    return (model.svm_layer,) + ((model.bbox_layer,) if use_reg and model.bbox_layer != model.svm_layer else ())
+
+
+def score_and_regress(model: DetectionModel, feats: dict[str, np.ndarray], boxes: np.ndarray):
+    """SVM scores [N, K] of the windows, their per-class regressed boxes [N, K, 4] (None
+    without regressors) and the seconds each took."""
+    t0 = time.perf_counter()
+    scores = score_windows(feats[model.svm_layer], model.svm_weights, model.svm_bias)
+    t1 = time.perf_counter()
+    class_boxes = None
+    if model.regressor is not None and len(boxes):
+        deltas = model.regressor.predict_all_classes(feats[model.bbox_layer])  # [N, K, 4]
+        n, k = deltas.shape[:2]
+        rep = np.repeat(np.asarray(boxes, np.float32), k, axis=0)
+        class_boxes = apply_bbox_deltas(rep, deltas.reshape(-1, 4)).reshape(n, k, 4)
+    return scores, class_boxes, t1 - t0, time.perf_counter() - t1
 
 
 def median_timings(per_image: list[dict[str, float]]) -> dict[str, float]:

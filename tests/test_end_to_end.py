@@ -46,6 +46,27 @@ def test_train_writes_a_model(trained):
     assert all(c["negatives"] > 0 for c in report["classes"].values())
 
 
+def test_retraining_into_a_model_directory_with_other_settings_starts_afresh(trained):
+    from detect import pipeline
+    from detect.config import load_config
+    from detect.fileio import load_npz
+
+    out, model, overrides = trained
+    work = os.path.join(model, "work")
+    with open(os.path.join(work, "key.json")) as f:
+        key = json.load(f)["key"]
+    assert load_npz(os.path.join(work, "positives.npz"))["pos_features"].shape[1] == 64  # fc7
+    # the same directory, another layer: the fc7 checkpoints must not be reused
+    cfg = load_config(None, overrides + ["features.layer=pool5", "bbox_reg.enabled=false"])
+    other = str(out / "model_pool5")
+    import shutil
+    shutil.copytree(model, other)
+    pipeline.train(cfg, out_dir=other, progress=False)
+    with open(os.path.join(other, "work", "key.json")) as f:
+        assert json.load(f)["key"] != key
+    assert load_npz(os.path.join(other, "work", "positives.npz"))["pos_features"].shape[1] == 128 * 50
+
+
 def test_test_net_results_and_resume(trained, capsys):
     out, model, _ = trained
     test_dir = str(out / "test")
