@@ -6,11 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-# Ranking each class's proposals at random scores mAP 0.006 on the built-in test images;
-# this smaller run (300 pretraining images, 4 epochs) measured SPP-net 0.10 at 1 scale,
-# 0.066 at 5 scales and R-CNN 0.039: the floors sit at 3-8x chance
+# Ranking each class's proposals at random scores gives mAP 0.006 on the built-in test
+# images; this smaller run (300 pretraining images, 4 epochs, 40 + 40 detection images)
+# measured SPP-net 0.114 at 1 scale, 0.107 at 5 scales and R-CNN 0.127: the floor, 8x
+# chance, sits at about half of each
 CHANCE_MAP = 0.006
-QUICKSTART_MAP_FLOOR = 0.05
+QUICKSTART_MAP_FLOOR = 8 * CHANCE_MAP
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
 
@@ -160,8 +161,8 @@ def test_quickstart_chain_detects_well_above_chance(tmp_path, capsys):
         summary = json.load(f)
     maps = {row["name"].split(" (")[0]: row["map"] for row in summary["table"]}
     assert maps["SPP-net 1 scale"] > QUICKSTART_MAP_FLOOR, maps
-    assert maps["SPP-net 5 scales"] > 5 * CHANCE_MAP, maps
-    assert maps["R-CNN"] > 3 * CHANCE_MAP, maps
+    assert maps["SPP-net 5 scales"] > QUICKSTART_MAP_FLOOR, maps
+    assert maps["R-CNN"] > QUICKSTART_MAP_FLOOR, maps
     assert 0.0 <= summary["pretrain_val_image_accuracy"] <= 1.0
     assert cv2.imread(summary["demo"]) is not None
     # every stage is cached: the second run trains and tests nothing
