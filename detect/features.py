@@ -42,6 +42,7 @@ __all__ = [
     "compress_head",
     "dilate_windows",
     "warp_windows",
+    "scaled_size",
 ]
 
 LAYERS = ("pool5", "fc6", "fc7")
@@ -130,6 +131,13 @@ def warp_windows(image: np.ndarray, boxes: np.ndarray, crop_size: int, context_p
     return out
 
 
+def scaled_size(height: int, width: int, shorter: float, max_side: float) -> tuple[int, int]:
+    """(height, width) after resizing so that the shorter side is ``shorter``, unless
+    that makes the longer side exceed ``max_side`` (then the longer side is ``max_side``)."""
+    f = min(shorter / min(height, width), max_side / max(height, width))
+    return max(1, round(height * f)), max(1, round(width * f))
+
+
 class SPPFeatures:
     """SPP-net window features (see the module docstring)."""
 
@@ -144,9 +152,7 @@ class SPPFeatures:
 
     def resized_size(self, height: int, width: int, scale: int) -> tuple[int, int]:
         """(height, width) of the image with its shorter side ``scale``, capped at max_side."""
-        f = scale / min(height, width)
-        f = min(f, self.max_side / max(height, width))
-        return max(1, round(height * f)), max(1, round(width * f))
+        return scaled_size(height, width, scale, self.max_side)
 
     def compute_maps(self, image: np.ndarray) -> ConvMaps:
         """conv5 of the image at every scale (one trunk pass per scale)."""

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from detect.boxes import box_iou
-from detect.features import warp_windows
+from detect.features import scaled_size, warp_windows
 import cv2
 
 from detect.spp import pool_whole_map, project_windows_to_map
@@ -193,8 +193,7 @@ def _resize_shorter(image: np.ndarray, shorter: float, max_side: int = 2000) -> 
     """The image with its shorter side ``shorter`` (the longer at most ``max_side``) and
     the x and y factors applied."""
     h, w = image.shape[:2]
-    factor = min(shorter / min(h, w), max_side / max(h, w))
-    nh, nw = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
+    nh, nw = scaled_size(h, w, shorter, max_side)
     return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR), nw / w, nh / h
 
 
