@@ -16,7 +16,6 @@ configured network (for the default: ``make quickstart`` first)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -33,6 +32,7 @@ from detect.config import load_config  # noqa: E402
 from detect.detector import detections_from_scores  # noqa: E402
 from detect.evaluation import eval_detection_voc  # noqa: E402
 from detect.feature_sources import WindowFeatures  # noqa: E402
+from detect.fileio import atomic_write_json  # noqa: E402
 from detect.model import load_model  # noqa: E402
 from detect.stages import build_proposal_store, open_dataset  # noqa: E402
 from detect.testing import median_timings, model_layers, score_and_regress  # noqa: E402
@@ -47,14 +47,14 @@ def evaluate_with_and_without_regression(model_dir: str, num_images: int | None,
     dataset = open_dataset(cfg, cfg.data.test_set, num_images)
     store = build_proposal_store(cfg, dataset, progress)
     features = WindowFeatures.from_config(cfg, network_file=model.network_file)
+    tc = cfg.test
+    kw = dict(nms_iou=tc.nms_iou, max_per_class=tc.max_per_class, score_threshold=tc.score_threshold)
     plain, regressed, timings = [], [], []
     for image_id in tqdm(dataset.image_ids, desc=os.path.basename(os.path.dirname(model_dir)), disable=not progress):
         image, boxes = dataset.load_image(image_id), store[image_id]
         feats, t = features.extract(image, boxes, model_layers(model))
         t = {k: float(v) for k, v in t.items()}
         scores, class_boxes, svm_s, reg_s = score_and_regress(model, feats, boxes)
-        tc = cfg.test
-        kw = dict(nms_iou=tc.nms_iou, max_per_class=tc.max_per_class, score_threshold=tc.score_threshold)
         t0 = time.perf_counter()
         plain.append(detections_from_scores(boxes, scores, image.shape[:2], **kw))
         t1 = time.perf_counter()
@@ -123,12 +123,9 @@ def main(argv=None) -> int:
         lines.append(f"{r['method']:<18}{r['features']:<8}{r['map']:7.3f}{r['map_bbox']:8.3f}"
                      f"{s['total_excluding_proposals']:10.3f}{s.get('conv', 0):8.3f}{s.get('pool', 0) + s.get('warp', 0):10.3f}{s.get('fc', 0):8.3f}")
     print("\n".join(lines))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"config": args.config, "overrides": args.set, "num_train": args.num_train, "num_test": args.num_test,
-                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "rows": rows}, f, indent=2)
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, {"config": args.config, "overrides": args.set, "num_train": args.num_train,
+                                 "num_test": args.num_test, "rows": rows,
+                                 "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}})
     print(f"written {args.out}")
     return 0
 

@@ -33,14 +33,13 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from detect.boxes import box_iou
 from detect.features import scaled_size, warp_windows
-import cv2
-
 from detect.spp import pool_whole_map, project_windows_to_map
 from detect.trunks import FCHead, Trunk
 
@@ -245,12 +244,18 @@ def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val
             g["lr"] = lr * ramp * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
         step += 1
 
+    tally = {}  # this epoch's examples, right answers and summed loss
+
     def update(logits, y):
+        """One optimiser step (at this step's learning rate) on a batch's loss."""
+        set_lr()
         loss = torch.nn.functional.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss.item(), int((logits.detach().argmax(1) == y).sum())
+        tally["total"] += len(y)
+        tally["correct"] += int((logits.detach().argmax(1) == y).sum())
+        tally["loss"] += loss.item() * len(y)
 
     history = []
     t0 = time.perf_counter()
@@ -258,7 +263,7 @@ def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val
     crop_epoch = 0
     for epoch in bar:
         net.train()
-        total, correct, loss_sum = 0, 0, 0.0
+        tally.update(total=0, correct=0, loss=0.0)
         if kinds[epoch] == "image":
             size = "image"
             for index in rng.permutation(n_images):
@@ -270,12 +275,7 @@ def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val
                 if mirrored:
                     w = image.shape[1]
                     windows = np.stack([w - windows[:, 2], windows[:, 1], w - windows[:, 0], windows[:, 3]], 1)
-                y = torch.from_numpy(labels)
-                set_lr()
-                loss, right = update(net.forward_image(image, windows.astype(np.float32)), y)
-                total += len(y)
-                correct += right
-                loss_sum += loss * len(y)
+                update(net.forward_image(image, windows.astype(np.float32)), torch.from_numpy(labels))
         else:
             size = sizes[crop_epoch % len(sizes)]
             crop_epoch += 1
@@ -285,12 +285,9 @@ def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val
                 y = torch.from_numpy(labels[s : s + batch_size])
                 if len(y) < 2:
                     continue  # batch norm needs two samples
-                set_lr()
-                loss, right = update(net(x), y)
-                total += len(y)
-                correct += right
-                loss_sum += loss * len(y)
-        row = {"epoch": epoch + 1, "size": size, "loss": loss_sum / max(1, total), "train_accuracy": correct / max(1, total)}
+                update(net(x), y)
+        n = max(1, tally["total"])
+        row = {"epoch": epoch + 1, "size": size, "loss": tally["loss"] / n, "train_accuracy": tally["correct"] / n}
         if val is not None and epoch + 1 == epochs:
             row["val_accuracy"] = evaluate_accuracy(net, *val)
         history.append(row)
