@@ -28,11 +28,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def select_regression_examples(proposals, gt_boxes, gt_labels, min_iou: float):
+def select_regression_examples(proposals, gt_boxes, gt_labels, min_iou: float,
+                               max_per_object: int = 0, rng: np.random.Generator | None = None):
     """Proposals matched to their best ground truth with IoU >= ``min_iou``.
 
-    Returns ``(index [M] into proposals, matched gt box [M, 4], label [M])``. Ground-truth
-    boxes themselves are valid examples too (IoU 1) when they are among the proposals.
+    Returns ``(index [M] into proposals, matched gt box [M, 4], label [M])``, indices
+    ascending. Ground-truth boxes themselves are valid examples too (IoU 1) when they are
+    among the proposals. With ``max_per_object > 0`` each ground truth keeps at most that
+    many of its matches: the best-overlapping one (the ground truth itself, when present)
+    and a random sample of the rest (``rng``, seeded by the caller), which bounds the
+    store of regression features on data with many overlapping proposals.
     """
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     gt_boxes = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
@@ -41,7 +46,19 @@ def select_regression_examples(proposals, gt_boxes, gt_labels, min_iou: float):
         return np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     iou = box_iou(proposals, gt_boxes)
     best = iou.argmax(axis=1)
-    keep = np.flatnonzero(iou[np.arange(len(proposals)), best] >= min_iou)
+    best_iou = iou[np.arange(len(proposals)), best]
+    keep = np.flatnonzero(best_iou >= min_iou)
+    if max_per_object > 0:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        kept = []
+        for j in range(len(gt_boxes)):
+            mine = keep[best[keep] == j]
+            if len(mine) > max_per_object:
+                top = mine[np.argmax(best_iou[mine])]
+                rest = mine[mine != top]
+                mine = np.concatenate([[top], rng.choice(rest, size=max_per_object - 1, replace=False)])
+            kept.append(mine)
+        keep = np.sort(np.concatenate(kept)) if kept else keep
     return keep.astype(np.int64), gt_boxes[best[keep]], gt_labels[best[keep]]
 
 
@@ -150,7 +167,9 @@ def fit_box_regressor(
     matched_gt [M, 4] their best ground truth, labels [M] its class. Classes with fewer than
     ``min_examples`` windows keep zero weights.
     """
-    features = np.asarray(features, dtype=np.float32)
+    # any float dtype (the training store keeps float16); each class's rows are converted
+    # on their own, so the whole array is never copied
+    features = np.asarray(features)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     d = features.shape[1] if features.ndim == 2 else 0
     weights = np.zeros((num_classes, d, 4), dtype=np.float32)
@@ -162,6 +181,6 @@ def fit_box_regressor(
         if len(rows) < min_examples:
             log.warning("bbox regression: class %d has %d examples; left untrained", k, len(rows))
             continue
-        W, b = fit_ridge(features[rows] * feature_scale, targets[rows], ridge_lambda)
+        W, b = fit_ridge(features[rows].astype(np.float64) * feature_scale, targets[rows], ridge_lambda)
         weights[k], bias[k], trained[k] = W, b, True
     return BoxRegressor(weights=weights, bias=bias, feature_scale=float(feature_scale), trained=trained)

@@ -113,6 +113,10 @@ class BBoxRegConfig:
     ridge_lambda: float = 4000.0
     # proposals with IoU >= this to their best ground truth are training examples
     min_iou: float = 0.5
+    # at most this many examples per ground-truth object (itself and a seeded sample of its
+    # matching proposals; 0: all). The papers used all; the cap bounds the stored pool5
+    # vectors (VOC07 trainval at 12,800-d: ~21 per object would be ~7 GB in float16)
+    max_examples_per_object: int = 8
     # feature layer the regressors read (the paper: pool5)
     layer: str = "pool5"
 

@@ -5,8 +5,8 @@ Training reads every training image's windows twice (positives, then the mining 
 SPP-net's conv layers are frozen, so each image's conv5 maps are computed once and cached
 in float16 (``<cache_dir>/features/conv5-<key>/<image_id>.npz``, keyed by the trunk's
 weights, the scales, the size cap and the image file), and windows are pooled from them on
-demand: this is how a 1-scale VOC07 trainval run stays near 4.5 GB of disk where per-window
-fc7 features would take 82 GB. R-CNN has nothing to share between windows and recomputes.
+demand: this is how a 1-scale VOC07 trainval run needs about 6 GB of disk for its features
+(AlexNet, s = 688) where per-window fc7 features would take 82 GB. R-CNN has nothing to share between windows and recomputes.
 """
 from __future__ import annotations
 

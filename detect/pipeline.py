@@ -20,6 +20,10 @@ __all__ = ["train", "test", "demo"]
 
 log = logging.getLogger(__name__)
 
+# version of what a model's work/ directory holds (2: regression features in float16,
+# the scale sample kept as norms); a work directory of another version starts afresh
+WORK_LAYOUT = 2
+
 
 def _add_file_handler(path: str) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -79,7 +83,7 @@ def _reset_stale_work_dir(work_dir: str, cfg: Config, dataset, features) -> None
 
     key = stable_hash({section: config_to_dict(getattr(cfg, section))
                        for section in ("data", "proposals", "features", "svm", "bbox_reg")}
-                      | {"seed": cfg.seed, "images": list(dataset.image_ids),
+                      | {"layout": WORK_LAYOUT, "seed": cfg.seed, "images": list(dataset.image_ids),
                          "network": network_digest(features.trunk, features.head)})
     key_path = os.path.join(work_dir, "key.json")
     if os.path.isdir(work_dir):

@@ -9,8 +9,10 @@ The two passes of R-CNN's ``rcnn_train.m``:
 
 1. positives: the ground-truth boxes' features (``difficult`` ones too when
    ``data.train_difficult``), the box-regression examples (proposals with IoU >=
-   ``bbox_reg.min_iou`` to their best ground truth), and a sample of proposal features
-   to fix the feature scale (mean L2 norm -> ``svm.target_norm``);
+   ``bbox_reg.min_iou`` to their best ground truth, at most
+   ``bbox_reg.max_examples_per_object`` per object; their features stored in float16),
+   and the L2 norms of a sample of proposal features to fix the feature scale (mean
+   norm -> ``svm.target_norm``);
 2. one hard-negative mining pass over the images (``svm.HardNegativeMiner``).
 
 Both passes checkpoint to ``work_dir`` (atomic ``.npz`` / ``.json``), so an interrupted
@@ -31,7 +33,8 @@ from tqdm import tqdm
 from detect.bbox_regression import BoxRegressor, fit_box_regressor, select_regression_examples
 from detect.config import Config
 from detect.fileio import atomic_save_npz, load_npz
-from svm.mining import HardNegativeMiner, compute_feature_scale, select_negative_candidates
+from svm.mining import (HardNegativeMiner, compute_feature_scale, feature_norms, feature_scale_from_norms,
+                        select_negative_candidates)
 
 __all__ = ["FeatureFn", "TrainingResult", "collect_positives", "mine_svms", "train_detector"]
 
@@ -67,9 +70,11 @@ def collect_positives(
     work_dir: str,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Pass 1. Returns arrays: ``pos_features`` [P, D], ``pos_labels`` [P], ``scale_sample``
-    [S, D], and for regression ``reg_features`` [M, Dr], ``reg_boxes``, ``reg_gt`` [M, 4],
-    ``reg_labels`` [M]. Cached in ``work_dir/positives.npz``."""
+    """Pass 1. Returns arrays: ``pos_features`` [P, D] float32, ``pos_labels`` [P],
+    ``scale_norms`` [S] (L2 norms of the sampled proposals' features), and for regression
+    ``reg_features`` [M, Dr] float16 (exact for SPP-net's pool5, which is pooled from
+    float16 conv5 maps), ``reg_boxes``, ``reg_gt`` [M, 4], ``reg_labels`` [M]. Cached in
+    ``work_dir/positives.npz``."""
     path = os.path.join(work_dir, "positives.npz")
     if os.path.isfile(path):
         log.info("positives: reusing %s", path)
@@ -77,7 +82,7 @@ def collect_positives(
     svm_layer, reg_layer = cfg.features.layer, cfg.bbox_reg.layer
     layers = (svm_layer,) if not cfg.bbox_reg.enabled else tuple(dict.fromkeys((svm_layer, reg_layer)))
     rng = np.random.default_rng(cfg.seed)
-    parts: dict[str, list] = {k: [] for k in ("pos_features", "pos_labels", "scale_sample",
+    parts: dict[str, list] = {k: [] for k in ("pos_features", "pos_labels", "scale_norms",
                                               "reg_features", "reg_boxes", "reg_gt", "reg_labels")}
     for image_id in tqdm(dataset.image_ids, desc="positives", disable=not progress):
         ann = dataset.annotation(image_id)
@@ -91,7 +96,8 @@ def collect_positives(
             # regression examples: proposals and the ground-truth boxes themselves
             windows = np.concatenate([props, gt_boxes]).astype(np.float32)
             reg_idx, reg_gt, reg_labels = select_regression_examples(
-                windows, ann.boxes, ann.labels, cfg.bbox_reg.min_iou)
+                windows, ann.boxes, ann.labels, cfg.bbox_reg.min_iou,
+                max_per_object=cfg.bbox_reg.max_examples_per_object, rng=rng)
         else:
             windows = props
         # one feature computation for every window this image needs
@@ -102,10 +108,14 @@ def collect_positives(
         parts["pos_features"].append(feats[svm_layer][:g])
         parts["pos_labels"].append(gt_labels)
         pos_in_wanted = np.searchsorted(wanted, sample)
-        parts["scale_sample"].append(feats[svm_layer][g:][pos_in_wanted])
+        parts["scale_norms"].append(feature_norms(feats[svm_layer][g:][pos_in_wanted]))
         if cfg.bbox_reg.enabled:
             rows = g + np.searchsorted(wanted, reg_idx)
-            parts["reg_features"].append(feats[reg_layer][rows])
+            reg_feats = feats[reg_layer][rows].astype(np.float16)
+            if not np.isfinite(reg_feats).all():
+                raise ValueError(f"{image_id}: {reg_layer} features exceed the float16 range "
+                                 "of the regression store")
+            parts["reg_features"].append(reg_feats)
             parts["reg_boxes"].append(windows[reg_idx])
             parts["reg_gt"].append(reg_gt)
             parts["reg_labels"].append(reg_labels)
@@ -181,7 +191,7 @@ def train_detector(
     t0 = time.perf_counter()
     positives = collect_positives(cfg, dataset, proposals, feature_fn, work_dir, progress)
     t1 = time.perf_counter()
-    feature_scale = compute_feature_scale(positives["scale_sample"], cfg.svm.target_norm)
+    feature_scale = feature_scale_from_norms(positives["scale_norms"], cfg.svm.target_norm)
     log.info("feature scale %.4g (mean norm -> %g); %d positives", feature_scale,
              cfg.svm.target_norm, len(positives["pos_labels"]))
     W, b, svm_report = mine_svms(cfg, dataset, proposals, feature_fn, positives, feature_scale,

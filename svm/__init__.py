@@ -8,6 +8,8 @@ from svm.mining import (
     HardNegativeMiner,
     MiningStateError,
     compute_feature_scale,
+    feature_norms,
+    feature_scale_from_norms,
     select_negative_candidates,
     select_negative_candidates_reference,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "HardNegativeMiner",
     "MiningStateError",
     "compute_feature_scale",
+    "feature_norms",
+    "feature_scale_from_norms",
     "select_negative_candidates",
     "select_negative_candidates_reference",
     "SVMSolution",

@@ -41,6 +41,8 @@ __all__ = [
     "NEGATIVE_OVERLAP",
     "MiningStateError",
     "compute_feature_scale",
+    "feature_norms",
+    "feature_scale_from_norms",
     "select_negative_candidates",
     "select_negative_candidates_reference",
     "FeatureStore",
@@ -71,6 +73,31 @@ class MiningStateError(UserError):
     """A saved mining state does not fit (another version, class count or feature size)."""
 
 
+def feature_norms(features: np.ndarray) -> np.ndarray:
+    """L2 norm of every row of ``features`` [N, D] (any float dtype), float64 [N],
+    accumulated in float64 a block of rows at a time."""
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"feature_norms needs an [N, D] array, got shape {features.shape}")
+    norms = np.empty(len(features), dtype=np.float64)
+    for start in range(0, len(features), 4096):
+        chunk = np.asarray(features[start : start + 4096], dtype=np.float64)
+        norms[start : start + len(chunk)] = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+    return norms
+
+
+def feature_scale_from_norms(norms: np.ndarray, target_norm: float = 20.0) -> float:
+    """:func:`compute_feature_scale` from the rows' norms alone (what a training run keeps
+    of its sample of windows: one number per window instead of its whole feature)."""
+    norms = np.asarray(norms, dtype=np.float64).reshape(-1)
+    if len(norms) == 0:
+        raise ValueError("compute_feature_scale needs a non-empty sample of windows")
+    mean = float(norms.mean())
+    if not np.isfinite(mean) or mean <= 0.0:
+        raise ValueError(f"features have mean L2 norm {mean}: cannot rescale to {target_norm}")
+    return float(target_norm) / mean
+
+
 def compute_feature_scale(features: np.ndarray, target_norm: float = 20.0) -> float:
     """Factor that brings the mean L2 norm of ``features`` [N, D] to ``target_norm``
     (R-CNN's ``feat_norm_mean``: one global factor, computed on a sample of windows).
@@ -80,14 +107,7 @@ def compute_feature_scale(features: np.ndarray, target_norm: float = 20.0) -> fl
     features = np.asarray(features)
     if features.ndim != 2 or len(features) == 0:
         raise ValueError(f"compute_feature_scale needs a non-empty [N, D] array, got shape {features.shape}")
-    norms = np.empty(len(features), dtype=np.float64)
-    for start in range(0, len(features), 4096):
-        chunk = np.asarray(features[start : start + 4096], dtype=np.float64)
-        norms[start : start + len(chunk)] = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
-    mean = float(norms.mean())
-    if not np.isfinite(mean) or mean <= 0.0:
-        raise ValueError(f"features have mean L2 norm {mean}: cannot rescale to {target_norm}")
-    return float(target_norm) / mean
+    return feature_scale_from_norms(feature_norms(features), target_norm)
 
 
 def _check_boxes_and_labels(proposal_boxes, gt_boxes, gt_labels, num_classes):

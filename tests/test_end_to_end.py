@@ -56,7 +56,11 @@ def test_retraining_into_a_model_directory_with_other_settings_starts_afresh(tra
     work = os.path.join(model, "work")
     with open(os.path.join(work, "key.json")) as f:
         key = json.load(f)["key"]
-    assert load_npz(os.path.join(work, "positives.npz"))["pos_features"].shape[1] == 64  # fc7
+    stored = load_npz(os.path.join(work, "positives.npz"))
+    assert stored["pos_features"].shape[1] == 64  # fc7
+    # regression examples: float16 pool5, at most bbox_reg.max_examples_per_object per object
+    assert stored["reg_features"].dtype == np.float16 and stored["reg_features"].shape[1] == 128 * 50
+    assert stored["scale_norms"].ndim == 1 and (stored["scale_norms"] > 0).all()
     # the same directory, another layer: the fc7 checkpoints must not be reused
     cfg = load_config(None, overrides + ["features.layer=pool5", "bbox_reg.enabled=false"])
     other = str(out / "model_pool5")

@@ -13,6 +13,8 @@ from svm import (
     MiningStateError,
     SVMConfig,
     compute_feature_scale,
+    feature_norms,
+    feature_scale_from_norms,
     linear_scores,
     primal_objective,
     select_negative_candidates,
@@ -155,6 +157,12 @@ def test_compute_feature_scale():
         compute_feature_scale(np.zeros((0, 10)))
     with pytest.raises(ValueError, match="mean L2 norm"):
         compute_feature_scale(np.zeros((3, 10)))
+    # from the rows' norms alone (what training keeps of its sample), float16 rows too
+    assert feature_scale_from_norms(feature_norms(X), 20.0) == pytest.approx(s, rel=1e-12)
+    np.testing.assert_allclose(feature_norms(X.astype(np.float16)),
+                               np.linalg.norm(X.astype(np.float16).astype(np.float64), axis=1), rtol=1e-12)
+    with pytest.raises(ValueError, match="non-empty"):
+        feature_scale_from_norms(np.zeros(0))
 
 
 def test_negative_candidates_iou_boundary():
