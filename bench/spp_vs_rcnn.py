@@ -10,11 +10,16 @@ alone against torchvision's ``roi_pool`` (4 calls, one per level) on a 256 x 43 
 Random weights: timing does not depend on them. Medians over images, ratios from the same
 run. Prints a table and writes JSON (default ``bench/results/spp_vs_rcnn.json``).
 
+``--device cuda`` runs the network layers on a GPU (both methods; R-CNN then warps on the
+GPU too, with ``grid_sample``, ``--crop-batch`` crops at a time); SPP-net's pooling kernel
+stays on the CPU, and the kernel comparison is always the CPU one.
+
 Example::
 
     python bench/spp_vs_rcnn.py --trunk alexnet --num-images 5 --windows 2000
     python bench/spp_vs_rcnn.py --trunk zf5 --windows-source selective_search \
         --out bench/results/spp_vs_rcnn_zf5_ss.json
+    python bench/spp_vs_rcnn.py --device cuda --out bench/results/spp_vs_rcnn_cuda.json
 """
 from __future__ import annotations
 
@@ -41,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--windows", type=int, default=2000, help="windows per image (at most, for selective_search)")
     parser.add_argument("--windows-source", choices=("random", "selective_search"), default="random")
     parser.add_argument("--svd-rank", type=int, default=256, help="rank of the compressed fc6/fc7")
+    parser.add_argument("--device", default="cpu", help="where the network layers run: cpu | cuda | cuda:N")
+    parser.add_argument("--crop-batch", type=int, default=None,
+                        help="R-CNN crops per conv batch (default: 32 on the CPU, 256 on a GPU)")
     parser.add_argument("--data", default="data/cache/bench/synthetic")
     parser.add_argument("--out", default="bench/results/spp_vs_rcnn.json")
     return parser
@@ -69,7 +77,7 @@ def time_method(extractor, images, windows):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from detect.config import NetworkConfig
-    from detect.features import RCNNFeatures, SPPFeatures, compress_head
+    from detect.features import RCNNFeatures, SPPFeatures, compress_head, resolve_device
     from detect.fileio import atomic_write_json
     from detect.spp import spatial_pyramid_pool
     from detect.synthetic import generate_synthetic_voc
@@ -90,12 +98,17 @@ def main(argv=None) -> int:
         windows = [compute_proposals(im)[: args.windows] for im in images]
     trunk, head = build_network(NetworkConfig(trunk=args.trunk, fc_dim=args.fc_dim))
     crop = trunk.crop_size
+    dev = resolve_device(args.device)
+    crop_batch = args.crop_batch or (256 if dev.type == "cuda" else 32)
+    svd_head = compress_head(head, args.svd_rank)
+    five = (480, 576, 688, 864, 1200)
     methods = {
-        "spp_1scale": SPPFeatures(trunk, head, scales=(688,)),
-        "spp_5scale": SPPFeatures(trunk, head, scales=(480, 576, 688, 864, 1200)),
-        "spp_1scale_svd": SPPFeatures(trunk, compress_head(head, args.svd_rank), scales=(688,)),
-        "spp_5scale_svd": SPPFeatures(trunk, compress_head(head, args.svd_rank), scales=(480, 576, 688, 864, 1200)),
-        "rcnn": RCNNFeatures(trunk, head, crop_size=crop, context_pad=round(16 * crop / 227)),
+        "spp_1scale": SPPFeatures(trunk, head, scales=(688,), device=dev),
+        "spp_5scale": SPPFeatures(trunk, head, scales=five, device=dev),
+        "spp_1scale_svd": SPPFeatures(trunk, svd_head, scales=(688,), device=dev),
+        "spp_5scale_svd": SPPFeatures(trunk, svd_head, scales=five, device=dev),
+        "rcnn": RCNNFeatures(trunk, head, crop_size=crop, context_pad=round(16 * crop / 227),
+                             crop_batch_size=crop_batch, device=dev),
     }
     distinct = {"rcnn": float(np.mean([len(np.unique(b, axis=0)) / len(b) for b in windows]))}
     for name in ("spp_1scale", "spp_5scale"):
@@ -142,8 +155,9 @@ def main(argv=None) -> int:
     }
     stages = ["warp", "conv", "pool", "fc", "total"]
     per_image = float(np.mean([len(b) for b in windows]))
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(f"\n{args.trunk}, fc {args.fc_dim}, {per_image:.0f} {args.windows_source} windows/image, "
-          f"median of {len(images)} images (seconds per image, proposals excluded)")
+          f"median of {len(images)} images (seconds per image, proposals excluded), network on {device_name}")
     print(f"{'method':<16}" + "".join(f"{s:>9}" for s in stages))
     for name, r in results.items():
         print(f"{name:<16}" + "".join(f"{r.get(s, 0.0):9.3f}" for s in stages))
@@ -155,6 +169,7 @@ def main(argv=None) -> int:
     atomic_write_json(args.out, {
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "trunk": args.trunk, "fc_dim": args.fc_dim,
+        "device": device_name, "rcnn_crop_batch": crop_batch, "rcnn_warp": methods["rcnn"].warp_backend,
         "torch": torch.__version__, "windows_source": args.windows_source, "windows": args.windows,
         "windows_per_image": per_image, "images": len(images), "svd_rank": args.svd_rank,
         "distinct_window_share": distinct,

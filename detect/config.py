@@ -103,6 +103,8 @@ class FeatureConfig:
     rcnn_crop_batch_size: int = 32
     # 0: exact fc6/fc7; > 0: truncated-SVD fc6/fc7 with this rank (Fast R-CNN, section 3.1)
     fc_svd_rank: int = 0
+    # where the network layers run: cpu, cuda or cuda:N (pooling and warping stay on the CPU)
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)

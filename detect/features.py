@@ -20,6 +20,12 @@ R-CNN: each window is dilated so that there are ``context_pad`` pixels of contex
 warped size, warped (bilinear, anisotropic; outside the image the normalised value 0, the
 mean) to ``crop_size`` x ``crop_size``, batched through the trunk, pooled by the same
 pyramid over the whole crop map and the same fc layers.
+
+Device: both run their network layers on ``device`` (``cpu`` by default; ``cuda`` or
+``cuda:N`` where torch sees a GPU), moving the trunk and head there (in place). On a GPU,
+SPP-net's conv5 maps stay there and are pooled there by the torch twin of the kernel, and
+R-CNN warps there (``grid_sample``); resizing and window projection stay on the CPU.
+Stage times synchronise the device, so they are the real seconds.
 """
 from __future__ import annotations
 
@@ -42,7 +48,9 @@ __all__ = [
     "compress_head",
     "dilate_windows",
     "warp_windows",
+    "warp_windows_torch",
     "scaled_size",
+    "resolve_device",
 ]
 
 LAYERS = ("pool5", "fc6", "fc7")
@@ -59,7 +67,7 @@ class ConvMaps:
         """float16 arrays for a disk cache (``from_arrays`` is the inverse)."""
         out = {"factors": np.asarray(self.factors, np.float64)}
         for i, m in enumerate(self.maps):
-            out[f"map{i}"] = m.numpy().astype(np.float16, order="C")  # [C, H', W']
+            out[f"map{i}"] = m.cpu().numpy().astype(np.float16, order="C")  # [C, H', W']
         return out
 
     @classmethod
@@ -83,12 +91,38 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
 
 
+def resolve_device(name) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` -> torch.device; a clear error when it is not there."""
+    from detect.errors import UserError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"features.device: {name!r} is not a device (cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"features.device: {name!r} is not supported (cpu, cuda, cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"features.device: {name!r} asked for, but torch sees no CUDA device here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"features.device: {name!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _head_layers(head: FCHead, pool5: torch.Tensor, layers: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
-    """Run the fc head once per batch, keeping every requested layer."""
+    """Run the fc head once per batch, keeping every requested layer (on the head's device;
+    float32 numpy arrays back)."""
     out = {layer: [] for layer in layers}
     deepest = max((FCHead.LAYERS.index(l) for l in layers), default=0)
+    device = next(head.parameters()).device
     for s in range(0, max(1, pool5.shape[0]), batch_size):
-        x = pool5[s : s + batch_size]
+        x = pool5[s : s + batch_size].to(device)
         if "pool5" in out:
             out["pool5"].append(x)
         if deepest >= 1:
@@ -99,7 +133,7 @@ def _head_layers(head: FCHead, pool5: torch.Tensor, layers: Sequence[str], batch
             x = torch.relu(head.fc7(x))  # eval mode: dropout is the identity
             if "fc7" in out:
                 out["fc7"].append(x)
-    return {k: torch.cat(v).numpy().astype(np.float32, copy=False) for k, v in out.items()}
+    return {k: torch.cat(v).cpu().numpy().astype(np.float32, copy=False) for k, v in out.items()}
 
 
 def dilate_windows(boxes: np.ndarray, crop_size: float, context_pad: float) -> np.ndarray:
@@ -131,6 +165,34 @@ def warp_windows(image: np.ndarray, boxes: np.ndarray, crop_size: int, context_p
     return out
 
 
+def warp_windows_torch(image: torch.Tensor, boxes: np.ndarray, crop_size: int, context_pad: float) -> torch.Tensor:
+    """The warp of :func:`warp_windows` on any device: a normalised image Tensor[3, H, W]
+    + boxes [B, 4] -> crops Tensor[B, 3, crop, crop] (bilinear ``grid_sample``; outside the
+    image 0, the normalised mean colour).
+
+    Crop pixel ``u`` samples the image at continuous ``x1 + (u + 0.5) / sx`` (``x1``, ``sx``
+    of the dilated box), as ``warp_windows`` does; the two differ by cv2's fixed-point
+    interpolation weights and its uint8 rounding (a few grey levels at sharp edges)."""
+    size = int(crop_size)
+    _, h, w = image.shape
+    d = torch.from_numpy(dilate_windows(boxes, size, context_pad).astype(np.float64)).to(image.device)
+    if len(d) == 0:
+        return image.new_zeros((0, 3, size, size))
+    x1, y1, x2, y2 = d.unbind(1)
+    sx = size / (x2 - x1).clamp_min(1e-6)
+    sy = size / (y2 - y1).clamp_min(1e-6)
+    u = torch.arange(size, dtype=torch.float64, device=image.device) + 0.5
+    # grid_sample (align_corners=False) reads continuous coordinate x at 2 x / W - 1
+    gx = (2 * (x1[:, None] + u[None] / sx[:, None]) / w - 1).float()  # [B, S]
+    gy = (2 * (y1[:, None] + u[None] / sy[:, None]) / h - 1).float()
+    b = len(d)
+    grid = torch.stack([gx[:, None, :].expand(b, size, size), gy[:, :, None].expand(b, size, size)], dim=-1)
+    # one "image" whose grid stacks the crops: no copy of the image per crop
+    out = torch.nn.functional.grid_sample(image[None].float(), grid.reshape(1, b * size, size, 2),
+                                          mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.reshape(3, b, size, size).permute(1, 0, 2, 3)
+
+
 def scaled_size(height: int, width: int, shorter: float, max_side: float) -> tuple[int, int]:
     """(height, width) after resizing so that the shorter side is ``shorter``, unless
     that makes the longer side exceed ``max_side`` (then the longer side is ``max_side``)."""
@@ -142,8 +204,10 @@ class SPPFeatures:
     """SPP-net window features (see the module docstring)."""
 
     def __init__(self, trunk: Trunk, head: FCHead, scales: Sequence[int] = (688,), max_side: int = 2000,
-                 levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 1024, scale_target_size: int = 224):
-        self.trunk, self.head = trunk.eval(), head.eval()
+                 levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 1024, scale_target_size: int = 224,
+                 device="cpu"):
+        self.device = resolve_device(device)
+        self.trunk, self.head = trunk.eval().to(self.device), head.eval().to(self.device)
         self.scales = tuple(int(s) for s in scales)
         self.max_side = int(max_side)
         self.levels = tuple(levels)
@@ -162,8 +226,10 @@ class SPPFeatures:
             for s in self.scales:
                 nh, nw = self.resized_size(h, w, s)
                 resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
-                x = self.trunk.normalize(_to_tensor(resized))
-                maps.append(self.trunk(x)[0])  # channels-last memory, as the SPP kernel reads it
+                x = self.trunk.normalize(_to_tensor(resized).to(self.device))
+                # channels-last memory, as the SPP kernel reads it; on a GPU it stays there
+                # and is pooled there (spatial_pyramid_pool_torch)
+                maps.append(self.trunk(x)[0])
                 factors.append((nw / w, nh / h))
         return ConvMaps(factors, maps)
 
@@ -201,11 +267,11 @@ class SPPFeatures:
             if len(rows):
                 parts.append(spatial_pyramid_pool(fmap, unique[rows, 1:], self.levels))
         if not parts:
-            return torch.zeros((0, self.head.in_dim)), inverse
+            return torch.zeros((0, self.head.in_dim), device=maps.maps[0].device if maps.maps else "cpu"), inverse
         if len(parts) == 1:
             return parts[0], inverse  # one scale: no copy
         # the keys are sorted by scale first, so each scale's rows are the next block
-        return torch.from_numpy(np.concatenate([p.numpy() for p in parts])), inverse
+        return torch.cat(parts), inverse
 
     def features_from_maps(self, maps: ConvMaps, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)) -> dict[str, np.ndarray]:
         layers = _check_layers(layers)
@@ -218,13 +284,15 @@ class SPPFeatures:
         layers = _check_layers(layers)
         t0 = time.perf_counter()
         maps = self.compute_maps(image)
+        _sync(self.device)
         t1 = time.perf_counter()
         with torch.inference_mode():
             pooled, inverse = self.pool(maps, boxes)
+            _sync(self.device)
             t2 = time.perf_counter()
             unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
         feats = {k: v[inverse] for k, v in unique_feats.items()}
-        t3 = time.perf_counter()
+        t3 = time.perf_counter()  # _head_layers ends with a copy to the CPU
         return feats, {"conv": t1 - t0, "pool": t2 - t1, "fc": t3 - t2}
 
 
@@ -234,13 +302,22 @@ class RCNNFeatures:
     Crops go through the conv layers ``crop_batch_size`` at a time (small batches keep
     the activations in reused memory, which is faster on a CPU than large ones); their
     pool5 vectors are then sent through the fc layers ``batch_size`` at a time exactly as
-    SPP-net's are, so the two differ only in how a window becomes a pool5 vector."""
+    SPP-net's are, so the two differ only in how a window becomes a pool5 vector.
+
+    ``warp``: ``cv2`` (:func:`warp_windows`, one ``warpAffine`` per window on the CPU),
+    ``torch`` (:func:`warp_windows_torch`, batched on the device) or ``auto`` (torch on a
+    GPU, cv2 on the CPU, where it is the faster)."""
 
     def __init__(self, trunk: Trunk, head: FCHead, crop_size: int = 227, context_pad: int = 16,
-                 levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 1024, crop_batch_size: int = 32):
+                 levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 1024, crop_batch_size: int = 32,
+                 device="cpu", warp: str = "auto"):
         if crop_size <= 2 * context_pad:
             raise ValueError(f"crop_size {crop_size} leaves no room inside {context_pad} px of context")
-        self.trunk, self.head = trunk.eval(), head.eval()
+        if warp not in ("auto", "cv2", "torch"):
+            raise ValueError(f"warp must be auto, cv2 or torch, got {warp!r}")
+        self.device = resolve_device(device)
+        self.warp_backend = ("torch" if self.device.type == "cuda" else "cv2") if warp == "auto" else warp
+        self.trunk, self.head = trunk.eval().to(self.device), head.eval().to(self.device)
         self.crop_size = int(crop_size)
         self.context_pad = int(context_pad)
         self.levels = tuple(levels)
@@ -256,28 +333,51 @@ class RCNNFeatures:
         border = tuple(float(v) for v in self.trunk.pixel_mean.flatten().tolist())
         return warp_windows(image, boxes, self.crop_size, self.context_pad, border)
 
-    def extract(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
-        layers = _check_layers(layers)
+    def pool(self, image: np.ndarray, boxes: np.ndarray, seconds: dict | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """pool5 of the distinct windows (on the device) and, per box, the row it maps to:
+        (Tensor[U, D], int64 [N]), as :meth:`SPPFeatures.pool` gives them. Adds the
+        seconds spent warping, in conv and in pooling to ``seconds`` when given."""
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         unique, inverse = np.unique(boxes, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
-        seconds = {"warp": 0.0, "conv": 0.0, "pool": 0.0, "fc": 0.0}
+        seconds = seconds if seconds is not None else {}
+        for stage in ("warp", "conv", "pool"):
+            seconds.setdefault(stage, 0.0)
         image = np.ascontiguousarray(image)
-        pooled = torch.empty((len(unique), self.head.in_dim))
+        pooled = torch.empty((len(unique), self.head.in_dim), device=self.device)
         with torch.inference_mode():
+            if self.warp_backend == "torch":
+                t0 = time.perf_counter()
+                normalized = self.trunk.normalize(_to_tensor(image).to(self.device))[0]
+                _sync(self.device)
+                seconds["warp"] += time.perf_counter() - t0
             for s in range(0, len(unique), self.crop_batch_size):
                 t0 = time.perf_counter()
-                crops = self.warp(image, unique[s : s + self.crop_batch_size])
-                crops = self.trunk.normalize(torch.from_numpy(crops).permute(0, 3, 1, 2))
+                batch = unique[s : s + self.crop_batch_size]
+                if self.warp_backend == "torch":
+                    crops = warp_windows_torch(normalized, batch, self.crop_size, self.context_pad)
+                else:
+                    crops = self.warp(image, batch)
+                    crops = self.trunk.normalize(torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2))
+                _sync(self.device)
                 t1 = time.perf_counter()
                 conv5 = self.trunk(crops, inputs="crop")
+                _sync(self.device)
                 t2 = time.perf_counter()
                 pooled[s : s + len(crops)] = pool_whole_map(conv5, self.levels)
+                _sync(self.device)
                 t3 = time.perf_counter()
                 seconds["warp"] += t1 - t0
                 seconds["conv"] += t2 - t1
                 seconds["pool"] += t3 - t2
-            t0 = time.perf_counter()
+        return pooled, inverse
+
+    def extract(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
+        layers = _check_layers(layers)
+        seconds = {"warp": 0.0, "conv": 0.0, "pool": 0.0, "fc": 0.0}
+        pooled, inverse = self.pool(image, boxes, seconds)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
             unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
         feats = {k: v[inverse] for k, v in unique_feats.items()}
         seconds["fc"] = time.perf_counter() - t0
@@ -324,10 +424,11 @@ def build_features(cfg, trunk: Trunk, head: FCHead):
         head = compress_head(head, f.fc_svd_rank)
     if f.method == "spp":
         return SPPFeatures(trunk, head, scales=f.scales, max_side=f.max_side, levels=f.levels,
-                           batch_size=f.batch_size, scale_target_size=f.scale_target_size)
+                           batch_size=f.batch_size, scale_target_size=f.scale_target_size, device=f.device)
     if f.method == "rcnn":
         return RCNNFeatures(trunk, head, crop_size=f.rcnn_crop_size, context_pad=f.rcnn_context_pad,
-                            levels=f.levels, batch_size=f.batch_size, crop_batch_size=f.rcnn_crop_batch_size)
+                            levels=f.levels, batch_size=f.batch_size, crop_batch_size=f.rcnn_crop_batch_size,
+                            device=f.device)
     from detect.errors import UserError
 
     raise UserError(f"features.method: unknown method {f.method!r} (known: spp, rcnn)")

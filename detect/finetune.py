@@ -1,8 +1,10 @@
 """Fine-tuning fc6, fc7 and a new (K + 1)-way fc8 on pooled conv5 vectors (SPP-net 4).
 
-The conv layers stay frozen, which is what lets the conv5 maps be cached: every mini-batch
-pools its windows from the cached maps of ``images_per_batch`` images (Fast R-CNN's
-sampling; SPP-net's own code sampled across images) and only the fc layers see gradients.
+The conv layers stay frozen: every mini-batch takes the pool5 vectors of its windows in
+``images_per_batch`` images (Fast R-CNN's sampling; SPP-net's own code sampled across
+images) from ``pool_fn`` and only the fc layers see gradients. For SPP-net ``pool_fn``
+pools from the cached conv5 maps; for R-CNN it warps each window and runs the frozen conv
+layers (R-CNN fine-tuned the whole network; here, as for SPP-net, only the fc layers).
 Windows are labelled by their best IoU with the image's ground truth: ``[fg_iou, 1]`` ->
 that object's class, ``[bg_iou_low, fg_iou)`` -> background (0), the rest unused; a
 mini-batch holds ``fg_fraction`` positives (25% in the paper) when the images have them.
@@ -42,13 +44,14 @@ def label_windows(boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray
     return labels
 
 
-def finetune_head(head, spp, maps_fn, dataset, proposals, cfg_finetune, seed: int = 0,
+def finetune_head(head, pool_fn, dataset, proposals, cfg_finetune, seed: int = 0,
                   images_per_batch: int = 2, momentum: float = 0.9, weight_decay: float = 5e-4,
                   progress: bool = True) -> dict:
-    """Train ``head`` (with fc8 already added) in place; returns a small report.
+    """Train ``head`` (with fc8 already added) in place, on its device; returns a small
+    report.
 
-    ``maps_fn(image_id)`` gives the image's cached conv maps; ``spp`` pools windows from
-    them (``spp.pool``)."""
+    ``pool_fn(image_id, windows [N, 4]) -> Tensor[N, D]``: the pool5 vector of every window
+    of the image, in order (no gradient needed)."""
     f = cfg_finetune
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -61,6 +64,7 @@ def finetune_head(head, spp, maps_fn, dataset, proposals, cfg_finetune, seed: in
     labels_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     history = []
     t0 = time.perf_counter()
+    device = next(head.parameters()).device
     head.train()
     bar = tqdm(range(f.iterations), desc="fine-tune fc", disable=not progress)
     running_loss, running_acc = 0.0, 0.0
@@ -83,13 +87,12 @@ def finetune_head(head, spp, maps_fn, dataset, proposals, cfg_finetune, seed: in
             if len(rows) == 0:
                 continue
             with torch.no_grad():
-                p, inverse = spp.pool(maps_fn(image_id), windows[rows])
-                pooled.append(p[torch.from_numpy(inverse)])
+                pooled.append(pool_fn(image_id, windows[rows]).to(device))
             targets.append(torch.from_numpy(labels[rows]))
         if not pooled:
             continue
         x = torch.cat(pooled)
-        y = torch.cat(targets)
+        y = torch.cat(targets).to(device)
         logits = head(x, "fc8")
         loss = torch.nn.functional.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)

@@ -249,26 +249,41 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
 
 
 def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = True) -> tuple[str, dict]:
-    """Fine-tune fc6/fc7/fc8 of ``cfg``'s network on the training set's pooled conv5
-    vectors (SPP only); saves the network and returns (path, report)."""
+    """Fine-tune fc6/fc7/fc8 of ``cfg``'s network on the training set's pool5 vectors
+    (SPP-net: pooled from the cached conv5 maps; R-CNN: its warped windows through the
+    frozen conv layers); saves the network and returns (path, report)."""
+    import torch
+
     from detect.feature_sources import WindowFeatures
     from detect.features import SPPFeatures
     from detect.finetune import finetune_head
     from detect.trunks import save_network
 
-    if cfg.features.method != "spp":
-        raise UserError("fine-tuning on cached conv5 vectors needs features.method=spp")
     out_path = out_path or os.path.join(cfg.output_dir, cfg.name, "finetune", "network.npz")
     save_config(cfg, os.path.join(os.path.dirname(os.path.abspath(out_path)), "config.yaml"))
     dataset = open_dataset(cfg, cfg.data.train_set)
     store = build_proposal_store(cfg, dataset, progress)
     features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
-    assert isinstance(features.extractor, SPPFeatures)
+    extractor = features.extractor
+    if isinstance(extractor, SPPFeatures):
+        maps_fn = features.conv_maps_fn(dataset)
+
+        def source(image_id):
+            return maps_fn(image_id)
+    else:
+        def source(image_id):
+            return dataset.load_image(image_id)
+
+    def pool_fn(image_id, windows):
+        pooled, inverse = extractor.pool(source(image_id), windows)
+        return pooled[torch.from_numpy(inverse).to(pooled.device)]
+
     head = features.head
     if head.fc8 is None or head.fc8.out_features != len(dataset.classes) + 1:
         head.add_classifier(len(dataset.classes) + 1, seed=cfg.seed)
-    report = finetune_head(head, features.extractor, features.conv_maps_fn(dataset), dataset, store,
-                           cfg.finetune, seed=cfg.seed, progress=progress)
+        head.to(extractor.device)
+    report = finetune_head(head, pool_fn, dataset, store, cfg.finetune, seed=cfg.seed, progress=progress)
+    report["method"] = cfg.features.method
     save_network(features.trunk, head, out_path, extra={"finetune_iterations": report["iterations"]})
     atomic_write_json(os.path.splitext(out_path)[0] + "_report.json", report)
     return out_path, report

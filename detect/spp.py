@@ -31,6 +31,10 @@ times faster than torch for these mid-sized strided maxima) with four lookups; w
 level m is exactly the union of bins of level n when m divides n (e.g. ``floor(2i w / 6) =
 floor(i w / 3)``), so only the finest level is looked up and the coarser ones are maxima
 of it.
+
+On a GPU the same algorithm runs in torch (:func:`spatial_pyramid_pool_torch`, chosen
+by :func:`spatial_pyramid_pool` for a map that is not on the CPU), so the map never
+leaves the device.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ __all__ = [
     "project_windows_to_map",
     "spatial_pyramid_pool",
     "spatial_pyramid_pool_reference",
+    "spatial_pyramid_pool_torch",
     "pool_whole_map",
     "pyramid_dim",
     "SpatialPyramidPool",
@@ -151,25 +156,19 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     :func:`spatial_pyramid_pool_reference`. Not differentiable (inference and cached
     training use it; trainable pooling uses :func:`pool_whole_map`). CPU float tensors.
     Windows are split over ``torch.get_num_threads()`` threads (numpy releases the GIL).
+    A map on another device (a GPU) goes to :func:`spatial_pyramid_pool_torch` and the
+    result stays on that device.
     """
     cells = np.asarray(cells, dtype=np.int64).reshape(-1, 4)
     c, h, w = feature_map.shape
     levels = tuple(int(n) for n in levels)
     if cells.shape[0] == 0:
         return feature_map.new_zeros((0, pyramid_dim(c, levels)))
-    if (cells[:, :2] < 0).any() or (cells[:, 2] >= w).any() or (cells[:, 3] >= h).any() \
-            or (cells[:, 2] < cells[:, 0]).any() or (cells[:, 3] < cells[:, 1]).any():
-        raise ValueError("cells must be inclusive ranges inside the feature map")
+    _check_cells(cells, h, w)
+    if feature_map.device.type != "cpu":
+        return spatial_pyramid_pool_torch(feature_map, cells, levels)
     base = feature_map.detach().permute(1, 2, 0).contiguous().numpy()  # [H, W, C]
-    # levels that divide a finer one are reductions of it; the others are looked up
-    finest = max(levels)
-    looked_up = sorted({n for n in levels if finest % n != 0} | {finest}, reverse=True)
-    derived = sorted(set(levels) - set(looked_up), reverse=True)
-    smallest = min(looked_up)
-    widest_bin = int((cells[:, 2] - cells[:, 0] + 1).max() + smallest - 1) // smallest + 1
-    tallest_bin = int((cells[:, 3] - cells[:, 1] + 1).max() + smallest - 1) // smallest + 1
-    max_kw = int(_floor_log2(np.array([min(widest_bin, w)]))[0])
-    max_kh = int(_floor_log2(np.array([min(tallest_bin, h)]))[0])
+    looked_up, derived, max_kh, max_kw = _plan(cells, levels, h, w)
     flat = _sparse_table(base, max_kh, max_kw).reshape(-1, c)
     corners = {n: _lookup_indices(cells, n, h, w, max_kw + 1) for n in looked_up}
     num = cells.shape[0]
@@ -212,6 +211,84 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
             out[:, pos : pos + c * n * n] = out[:, offsets[n] : offsets[n] + c * n * n]
         pos += c * n * n
     return torch.from_numpy(out)
+
+
+def _check_cells(cells: np.ndarray, h: int, w: int) -> None:
+    if (cells[:, :2] < 0).any() or (cells[:, 2] >= w).any() or (cells[:, 3] >= h).any() \
+            or (cells[:, 2] < cells[:, 0]).any() or (cells[:, 3] < cells[:, 1]).any():
+        raise ValueError("cells must be inclusive ranges inside the feature map")
+
+
+def _plan(cells: np.ndarray, levels: tuple[int, ...], h: int, w: int):
+    """Which levels are looked up in the sparse table (the finest, and any that divides no
+    finer one), which are reduced from a finer one, and the table's largest power-of-two
+    rectangle exponents (max_kh, max_kw) that those bins need."""
+    finest = max(levels)
+    looked_up = sorted({n for n in levels if finest % n != 0} | {finest}, reverse=True)
+    derived = sorted(set(levels) - set(looked_up), reverse=True)
+    smallest = min(looked_up)
+    widest_bin = int((cells[:, 2] - cells[:, 0] + 1).max() + smallest - 1) // smallest + 1
+    tallest_bin = int((cells[:, 3] - cells[:, 1] + 1).max() + smallest - 1) // smallest + 1
+    max_kw = int(_floor_log2(np.array([min(widest_bin, w)]))[0])
+    max_kh = int(_floor_log2(np.array([min(tallest_bin, h)]))[0])
+    return looked_up, derived, max_kh, max_kw
+
+
+# windows per step of the torch kernel: bounds its gathered [B, n, n, C] temporaries
+TORCH_POOL_CHUNK = 4096
+
+
+def spatial_pyramid_pool_torch(feature_map: torch.Tensor, cells, levels: Sequence[int] = (6, 3, 2, 1)) -> torch.Tensor:
+    """:func:`spatial_pyramid_pool` in torch operations on the map's own device (a GPU;
+    on the CPU the numpy kernel is the faster): the same sparse table, lookups and level
+    reductions, so the result is exactly the reference's. Not differentiable."""
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 4)
+    c, h, w = feature_map.shape
+    levels = tuple(int(n) for n in levels)
+    if cells.shape[0] == 0:
+        return feature_map.new_zeros((0, pyramid_dim(c, levels)))
+    _check_cells(cells, h, w)
+    looked_up, derived, max_kh, max_kw = _plan(cells, levels, h, w)
+    with torch.no_grad():
+        base = feature_map.detach().permute(1, 2, 0).contiguous()  # [H, W, C]
+        table = base.new_empty((max_kh + 1, max_kw + 1, h, w, c))
+        table[0, 0] = base
+        for kh in range(max_kh + 1):
+            if kh > 0:
+                step = 1 << (kh - 1)
+                prev, cur = table[kh - 1, 0], table[kh, 0]
+                cur[h - step :] = prev[h - step :]
+                torch.maximum(prev[: h - step], prev[step:], out=cur[: h - step])
+            for kw in range(1, max_kw + 1):
+                step = 1 << (kw - 1)
+                prev, cur = table[kh, kw - 1], table[kh, kw]
+                cur[:, w - step :] = prev[:, w - step :]
+                torch.maximum(prev[:, : w - step], prev[:, step:], out=cur[:, : w - step])
+        flat = table.reshape(-1, c)
+        outs = []
+        for s in range(0, len(cells), TORCH_POOL_CHUNK):
+            part = cells[s : s + TORCH_POOL_CHUNK]
+            b = len(part)
+            pooled = {}
+            for n in looked_up:
+                corners = [torch.from_numpy(k.reshape(-1)).to(feature_map.device)
+                           for k in _lookup_indices(part, n, h, w, max_kw + 1)]
+                p = flat.index_select(0, corners[0])
+                for extra in corners[1:]:
+                    p = torch.maximum(p, flat.index_select(0, extra))
+                pooled[n] = p.reshape(b, n, n, c)
+            for n in derived:
+                src = pooled[min(m for m in pooled if m % n == 0)]
+                f = src.shape[1] // n
+                rows = src[:, 0::f]
+                for dy in range(1, f):
+                    rows = torch.maximum(rows, src[:, dy::f])
+                out = rows[:, :, 0::f]
+                for dx in range(1, f):
+                    out = torch.maximum(out, rows[:, :, dx::f])
+                pooled[n] = out
+            outs.append(torch.cat([pooled[n].permute(0, 3, 1, 2).reshape(b, -1) for n in levels], dim=1))
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
 def spatial_pyramid_pool_reference(feature_map: torch.Tensor, cells, levels: Sequence[int] = (6, 3, 2, 1)) -> torch.Tensor:

@@ -141,3 +141,67 @@ def test_multiscale_pool5_comes_from_each_windows_chosen_scale(net):
         np.testing.assert_array_equal(pool5[i], spatial_pyramid_pool_reference(fmap, cells)[0].numpy())
     keys, inverse = spp.distinct_windows(maps, b)
     assert len(keys) < len(b) and (keys[inverse][:, 0] == which).all()
+
+
+def test_torch_warp_matches_the_cv2_warp():
+    from detect.features import warp_windows, warp_windows_torch
+
+    trunk, _ = build_network(NetworkConfig(trunk="compact", fc_dim=16, init_seed=0))
+    # a smooth image (bilinear weights differ only by cv2's fixed-point rounding) with
+    # windows inside, across the border and far outside
+    yy, xx = np.mgrid[0:90, 0:130]
+    img = np.stack([xx * 1.9, yy * 2.7, (xx + yy) * 1.1], -1).clip(0, 255).astype(np.uint8)
+    b = np.array([[10, 5, 60, 70], [0, 0, 130, 90], [-20, 30, 40, 120], [100.5, 10.25, 129.75, 40.5],
+                  [-300, -300, -200, -200], [50, 50, 52, 51]], np.float32)
+    border = tuple(float(v) for v in trunk.pixel_mean.flatten().tolist())
+    ref = trunk.normalize(torch.from_numpy(warp_windows(img, b, 40, 6, border)).permute(0, 3, 1, 2))
+    normalized = trunk.normalize(torch.from_numpy(img).permute(2, 0, 1)[None])[0]
+    out = warp_windows_torch(normalized, b, 40, 6)
+    assert out.shape == (6, 3, 40, 40)
+    # within 1.5 grey levels (of pixel_std 64) everywhere, 0.6 on average
+    diff = (out - ref).abs() * 64
+    assert diff.max() < 1.5 and diff.mean() < 0.6
+    assert warp_windows_torch(normalized, np.zeros((0, 4), np.float32), 40, 6).shape == (0, 3, 40, 40)
+
+
+def test_rcnn_torch_warp_gives_nearly_the_cv2_features(net):
+    trunk, head = net
+    a = RCNNFeatures(trunk, head, crop_size=32, context_pad=4, warp="cv2").extract(image(), boxes(), ("pool5",))[0]
+    b, t = RCNNFeatures(trunk, head, crop_size=32, context_pad=4, warp="torch").extract(image(), boxes(), ("pool5",))
+    assert set(t) == {"warp", "conv", "pool", "fc"}
+    # random-noise images: bilinear rounding differences of a few grey levels per pixel
+    scale = np.abs(a["pool5"]).mean()
+    assert np.abs(a["pool5"] - b["pool5"]).mean() < 0.05 * scale
+    with pytest.raises(ValueError, match="warp"):
+        RCNNFeatures(trunk, head, warp="nearest")
+
+
+def test_device_names_are_checked(net):
+    from detect.errors import UserError
+    from detect.features import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="not a device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            SPPFeatures(*net, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_features_match_the_cpu_ones():
+    trunk, head = build_network(NetworkConfig(trunk="compact", fc_dim=64, init_seed=0))
+    img, b = image(240, 320), boxes(n=300, h=240, w=320)
+    cpu_spp = SPPFeatures(trunk, head, scales=(200, 300)).extract(img, b, ("pool5", "fc7"))[0]
+    cpu_rc = RCNNFeatures(trunk, head, crop_size=64, context_pad=4).extract(img, b, ("pool5", "fc7"))[0]
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gpu_spp, t = SPPFeatures(trunk, head, scales=(200, 300), device="cuda").extract(img, b, ("pool5", "fc7"))
+    assert set(t) == {"conv", "pool", "fc"}
+    for layer in ("pool5", "fc7"):
+        np.testing.assert_allclose(gpu_spp[layer], cpu_spp[layer], rtol=1e-3, atol=1e-3)
+    gpu_rc = RCNNFeatures(trunk, head, crop_size=64, context_pad=4, device="cuda").extract(img, b, ("pool5", "fc7"))[0]
+    # the GPU warps with grid_sample, the CPU with cv2: near, not equal
+    assert np.abs(gpu_rc["pool5"] - cpu_rc["pool5"]).mean() < 0.05 * np.abs(cpu_rc["pool5"]).mean()
+    exact_warp = RCNNFeatures(trunk, head, crop_size=64, context_pad=4, device="cuda", warp="cv2")
+    np.testing.assert_allclose(exact_warp.extract(img, b, ("fc7",))[0]["fc7"], cpu_rc["fc7"], rtol=1e-3, atol=1e-3)

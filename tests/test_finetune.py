@@ -2,7 +2,9 @@ import numpy as np
 import torch
 
 from detect.config import FinetuneConfig, NetworkConfig
-from detect.features import SPPFeatures
+import pytest
+
+from detect.features import RCNNFeatures, SPPFeatures
 from detect.finetune import finetune_head, label_windows
 from detect.voc import VOCDataset
 from detect.trunks import build_network
@@ -21,12 +23,30 @@ def test_label_windows_intervals():
     assert (label_windows(boxes, np.zeros((0, 4)), np.zeros(0, np.int64), 0.5, 0.1) == -1).all()
 
 
-def test_finetune_updates_only_the_head(synthetic_voc):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("method, device", [("spp", "cpu"), ("rcnn", "cpu"),
+                                            pytest.param("spp", "cuda", marks=CUDA),
+                                            pytest.param("rcnn", "cuda", marks=CUDA)])
+def test_finetune_updates_only_the_head(synthetic_voc, method, device):
     ds = VOCDataset(synthetic_voc, "trainval")
     trunk, head = build_network(NetworkConfig(trunk="compact", fc_dim=32))
     head.add_classifier(len(ds.classes) + 1)
-    spp = SPPFeatures(trunk, head, scales=(200,))
-    maps = {i: spp.compute_maps(ds.load_image(i)) for i in ds.image_ids}
+    if method == "spp":
+        spp = SPPFeatures(trunk, head, scales=(200,), device=device)
+        maps = {i: spp.compute_maps(ds.load_image(i)) for i in ds.image_ids}
+
+        def pool_fn(image_id, windows):
+            pooled, inverse = spp.pool(maps[image_id], windows)
+            return pooled[torch.from_numpy(inverse).to(pooled.device)]
+    else:
+        rcnn = RCNNFeatures(trunk, head, crop_size=64, context_pad=4, device=device)
+
+        def pool_fn(image_id, windows):
+            pooled, inverse = rcnn.pool(ds.load_image(image_id), windows)
+            assert pooled.shape == (len(np.unique(windows, axis=0)), head.in_dim)
+            return pooled[torch.from_numpy(inverse).to(pooled.device)]
     rng = np.random.default_rng(0)
     props = {}
     for i in ds.image_ids:
@@ -35,7 +55,7 @@ def test_finetune_updates_only_the_head(synthetic_voc):
         props[i] = np.concatenate([jitter, a.boxes])
     trunk_before = [p.detach().clone() for p in trunk.parameters()]
     fc6_before = head.fc6.weight.detach().clone()
-    report = finetune_head(head, spp, maps.__getitem__, ds, props,
+    report = finetune_head(head, pool_fn, ds, props,
                            FinetuneConfig(iterations=12, batch_size=16, lr=1e-3), progress=False)
     assert report["iterations"] == 12 and np.isfinite(report["final_loss"])
     assert not torch.equal(fc6_before, head.fc6.weight)

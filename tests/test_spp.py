@@ -9,6 +9,7 @@ from detect.spp import (
     pyramid_dim,
     spatial_pyramid_pool,
     spatial_pyramid_pool_reference,
+    spatial_pyramid_pool_torch,
 )
 
 
@@ -35,6 +36,8 @@ def test_fast_equals_reference(seed, levels):
     ref = spatial_pyramid_pool_reference(fm, cells, levels)
     assert fast.shape == (len(cells), pyramid_dim(c, levels))
     assert torch.equal(fast, ref)
+    # the torch kernel (a GPU's), run here on the CPU
+    assert torch.equal(spatial_pyramid_pool_torch(fm, cells, levels), ref)
 
 
 def test_paper_bin_rule_by_hand():
@@ -116,3 +119,26 @@ def test_threaded_fast_path_equals_reference():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(fast, spatial_pyramid_pool_reference(fm, cells))
+
+
+def test_torch_kernel_chunks_and_edge_cases(monkeypatch):
+    import detect.spp as spp
+
+    rng = np.random.default_rng(11)
+    fm = torch.randn(5, 9, 14)
+    cells = random_cells(rng, 23, 9, 14)
+    monkeypatch.setattr(spp, "TORCH_POOL_CHUNK", 6)  # several chunks, the last one short
+    assert torch.equal(spatial_pyramid_pool_torch(fm, cells), spatial_pyramid_pool_reference(fm, cells))
+    assert spatial_pyramid_pool_torch(fm, np.zeros((0, 4), np.int64)).shape == (0, 5 * 50)
+    with pytest.raises(ValueError, match="inside the feature map"):
+        spatial_pyramid_pool_torch(fm, [[0, 0, 14, 3]])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_map_pools_on_the_device_exactly():
+    rng = np.random.default_rng(5)
+    fm = torch.randn(64, 43, 57)
+    cells = random_cells(rng, 3000, 43, 57)
+    out = spatial_pyramid_pool(fm.cuda(), cells)
+    assert out.is_cuda
+    assert torch.equal(out.cpu(), spatial_pyramid_pool(fm, cells))
