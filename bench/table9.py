@@ -1,9 +1,10 @@
 """The shape of the SPP-net paper's Table 9 on any config (default: the built-in data).
 
 For SPP-net (1 scale and, with ``--five-scales``, 5 scales) and R-CNN on the same
-network: SVMs on pool5, on fc7 and on fine-tuned fc7 (SPP-net only: fc6, fc7 and a new
-fc8 fine-tuned on pooled conv5 vectors of the whole train set, ``tools/finetune_fc.py``), each tested without
-and with bounding-box regression, plus the seconds per image per stage of the fc7 rows.
+network: SVMs on pool5, on fc7 and on fine-tuned fc7 (fc6, fc7 and a new fc8 fine-tuned
+on each method's own pool5 vectors of the whole train set, conv frozen,
+``tools/finetune_fc.py``), each tested without and with bounding-box regression, plus the
+seconds per image per stage of every row.
 Every row trains its own SVMs (``pipeline.train``, cached per name) and is tested once:
 the detections with and without the regressors come from the same window scores.
 
@@ -109,12 +110,13 @@ def main(argv=None) -> int:
             p.error(f"unknown method {method!r}")
         run("pool5", method, "pool5")
         run("fc7", method, "fc7", five=args.five_scales and method == "spp")
-        if method == "spp":
-            ft_cfg = load_config(args.config, args.set + ["features.method=spp", f"name=table9/{base.name}_finetune"])
-            path = os.path.join(ft_cfg.output_dir, ft_cfg.name, "finetune", "network.npz")
-            if not os.path.isfile(path):
-                pipeline.run_finetuning(ft_cfg, path, progress=progress)
-            run("ft fc7", "spp", "fc7", weights=path, five=args.five_scales)
+        suffix = "" if method == "spp" else "_rcnn"
+        ft_cfg = load_config(args.config, args.set + [f"features.method={method}",
+                                                      f"name=table9/{base.name}_finetune{suffix}"])
+        path = os.path.join(ft_cfg.output_dir, ft_cfg.name, "finetune", "network.npz")
+        if not os.path.isfile(path):
+            pipeline.run_finetuning(ft_cfg, path, progress=progress)
+        run("ft fc7", method, "fc7", weights=path, five=args.five_scales and method == "spp")
 
     header = f"{'method':<18}{'layer':<8}{'mAP':>7}{'+bbox':>8}{'s/image':>10}{'conv':>8}{'pool/warp':>10}{'fc':>8}"
     lines = [header]

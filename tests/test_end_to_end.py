@@ -109,6 +109,23 @@ def test_demo_draws_and_rejects_bad_images(trained, synthetic_voc, tmp_path, cap
     assert run_tool("demo", ["--model", model, "--image", str(tmp_path / "missing.png")]) == 2
 
 
+@pytest.mark.parametrize("method", ["spp", "rcnn"])
+def test_finetune_tool_writes_a_network_with_fc8(trained, method, capsys):
+    from detect.synthetic import SYNTHETIC_CLASSES
+    from detect.trunks import load_network
+
+    out, _, overrides = trained
+    path = str(out / f"ft_{method}" / "network.npz")
+    argv = ["--set", *overrides, f"features.method={method}", "features.rcnn_crop_size=64",
+            "finetune.iterations=6", "finetune.batch_size=16", "--out", path, "--quiet"]
+    assert run_tool("finetune_fc", argv) == 0
+    assert "fine-tuned 6 iterations" in capsys.readouterr().out
+    trunk, head = load_network(path)
+    assert head.fc8 is not None and head.fc8.out_features == len(SYNTHETIC_CLASSES) + 1
+    with open(os.path.join(out, f"ft_{method}", "network_report.json")) as f:
+        assert json.load(f)["method"] == method
+
+
 def test_bad_config_is_one_line_exit_2(capsys):
     assert run_tool("train_svm", ["--set", "svm.C=abc"]) == 2
     assert "svm.C: expected a number" in capsys.readouterr().err

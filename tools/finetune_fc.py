@@ -1,7 +1,9 @@
-"""Fine-tune fc6, fc7 and a new (K+1)-way fc8 on pooled conv5 vectors (conv frozen).
+"""Fine-tune fc6, fc7 and a new (K+1)-way fc8 on pool5 vectors (conv frozen).
 
-Uses the conv5 cache of training (computed if missing) and the paper's sampling (IoU
-[0.5, 1] positives, [0.1, 0.5) negatives, 25% positives per mini-batch). Writes the
+SPP-net (``features.method=spp``) pools them from the conv5 cache of training (computed
+if missing); R-CNN (``features.method=rcnn``) warps each sampled window and runs the
+frozen conv layers. The paper's sampling (IoU [0.5, 1] positives, [0.1, 0.5) negatives,
+25% positives per mini-batch). Writes the
 network (default ``<output_dir>/<name>/finetune/network.npz``); SVMs then train on the
 fine-tuned fc7 with ``--set network.weights=<that file>``.
 
