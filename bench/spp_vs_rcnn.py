@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="where the network layers run: cpu | cuda | cuda:N")
     parser.add_argument("--crop-batch", type=int, default=None,
                         help="R-CNN crops per conv batch (default: 32 on the CPU, 256 on a GPU)")
+    parser.add_argument("--kernel-repeats", type=int, default=21, help="timed calls of the pooling kernel")
     parser.add_argument("--data", default="data/cache/bench/synthetic")
     parser.add_argument("--out", default="bench/results/spp_vs_rcnn.json")
     return parser
@@ -129,18 +130,25 @@ def main(argv=None) -> int:
     rois = torch.zeros((args.windows, 5))
     rois[:, 1:] = torch.from_numpy(cells * 16.0)
     rois[:, 3:] += 15
-    kernel = {}
-    for name, fn in {
+    out = torch.empty((args.windows, 256 * 50))
+    fns = {
         "spatial_pyramid_pool": lambda: spatial_pyramid_pool(fmap, cells),
+        # as SPPFeatures calls it: into the extractor's reused output buffer
+        "spatial_pyramid_pool_reused_out": lambda: spatial_pyramid_pool(fmap, cells, out=out),
         "torchvision_roi_pool": lambda: [roi_pool(fmap[None], rois, (n, n), 1 / 16) for n in (6, 3, 2, 1)],
-    }.items():
+    }
+    # interleaved repetitions (medians): this machine's load drifts over seconds
+    times = {name: [] for name in fns}
+    for name, fn in fns.items():
         fn()
-        ts = []
-        for _ in range(5):
+    for rep in range(args.kernel_repeats):
+        for name, fn in fns.items():
+            if name == "torchvision_roi_pool" and rep >= 5:
+                continue  # ~1.4 s a call, and 20x off the pace: 5 are enough
             t = time.perf_counter()
             fn()
-            ts.append(time.perf_counter() - t)
-        kernel[name] = float(np.median(ts))
+            times[name].append(time.perf_counter() - t)
+    kernel = {name: float(np.median(ts)) for name, ts in times.items()}
 
     spp1, spp5, rc = results["spp_1scale"], results["spp_5scale"], results["rcnn"]
     ratios = {
@@ -162,7 +170,9 @@ def main(argv=None) -> int:
     for name, r in results.items():
         print(f"{name:<16}" + "".join(f"{r.get(s, 0.0):9.3f}" for s in stages))
     print("\npooling kernel, 256x43x57 map, levels 6/3/2/1: "
-          f"ours {1000 * kernel['spatial_pyramid_pool']:.1f} ms, roi_pool {1000 * kernel['torchvision_roi_pool']:.1f} ms")
+          f"ours {1000 * kernel['spatial_pyramid_pool']:.1f} ms "
+          f"({1000 * kernel['spatial_pyramid_pool_reused_out']:.1f} ms into a reused output), "
+          f"roi_pool {1000 * kernel['torchvision_roi_pool']:.1f} ms")
     for k, v in ratios.items():
         print(f"{k:<28} {v:8.2f}")
     print("distinct windows (share of all): " + ", ".join(f"{k} {v:.2f}" for k, v in distinct.items()))

@@ -205,3 +205,19 @@ def test_cuda_features_match_the_cpu_ones():
     assert np.abs(gpu_rc["pool5"] - cpu_rc["pool5"]).mean() < 0.05 * np.abs(cpu_rc["pool5"]).mean()
     exact_warp = RCNNFeatures(trunk, head, crop_size=64, context_pad=4, device="cuda", warp="cv2")
     np.testing.assert_allclose(exact_warp.extract(img, b, ("fc7",))[0]["fc7"], cpu_rc["fc7"], rtol=1e-3, atol=1e-3)
+
+
+def test_reused_pool_buffer_leaves_earlier_features_intact(net):
+    trunk, head = net
+    spp = SPPFeatures(trunk, head, scales=(100, 200))
+    first = spp.extract(image(seed=1), boxes(seed=1), ("pool5", "fc7"))[0]
+    spp.extract(image(seed=2), boxes(seed=2, n=80), ("pool5", "fc7"))  # the same buffer, rewritten
+    fresh = SPPFeatures(trunk, head, scales=(100, 200))
+    again = fresh.extract(image(seed=1), boxes(seed=1), ("pool5", "fc7"))[0]
+    for layer in ("pool5", "fc7"):
+        np.testing.assert_array_equal(first[layer], again[layer])
+    # the public pool() returns memory of its own
+    maps = fresh.compute_maps(image(seed=1))
+    a, _ = fresh.pool(maps, boxes(seed=1))
+    b, _ = fresh.pool(maps, boxes(seed=1))
+    assert a.data_ptr() != b.data_ptr() and torch.equal(a, b)

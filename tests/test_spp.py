@@ -142,3 +142,16 @@ def test_cuda_map_pools_on_the_device_exactly():
     out = spatial_pyramid_pool(fm.cuda(), cells)
     assert out.is_cuda
     assert torch.equal(out.cpu(), spatial_pyramid_pool(fm, cells))
+
+
+def test_out_buffer_is_written_and_checked():
+    rng = np.random.default_rng(2)
+    fm = torch.randn(4, 10, 12)
+    cells = random_cells(rng, 70, 10, 12)
+    buf = torch.full((70, 4 * 50), float("nan"))
+    got = spatial_pyramid_pool(fm, cells, out=buf)
+    assert got is buf and torch.equal(buf, spatial_pyramid_pool_reference(fm, cells))
+    with pytest.raises(ValueError, match="out must be"):
+        spatial_pyramid_pool(fm, cells, out=torch.empty((69, 200)))
+    with pytest.raises(ValueError, match="out must be"):
+        spatial_pyramid_pool(fm, cells, out=torch.empty((200, 70)).T)
