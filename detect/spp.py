@@ -78,25 +78,34 @@ def project_windows_to_map(boxes, stride: float, offset: float, map_height: int,
     return np.concatenate([lo, hi], axis=1).astype(np.int64)
 
 
-def _sparse_table(base: np.ndarray, max_kh: int, max_kw: int) -> np.ndarray:
+def _maximum_of(array):
+    """The elementwise maximum for numpy arrays or torch tensors (the two kernels share
+    their table and level code)."""
+    return torch.maximum if isinstance(array, torch.Tensor) else np.maximum
+
+
+def _sparse_table(base, max_kh: int, max_kw: int):
     """table[kh, kw, y, x, c] = max of base[y:y+2^kh, x:x+2^kw, c] (valid where inside).
 
-    ``base`` is the map channels last, [H, W, C], so one lookup reads C contiguous values.
-    numpy: several times faster than torch for these mid-sized strided maxima."""
+    ``base`` is the map channels last, [H, W, C], so one lookup reads C contiguous values;
+    a numpy array (the CPU kernel: several times faster than torch for these mid-sized
+    strided maxima) or a torch tensor on any device."""
     h, w, c = base.shape
-    table = np.empty((max_kh + 1, max_kw + 1, h, w, c), dtype=base.dtype)
+    shape = (max_kh + 1, max_kw + 1, h, w, c)
+    table = base.new_empty(shape) if isinstance(base, torch.Tensor) else np.empty(shape, dtype=base.dtype)
+    maximum = _maximum_of(base)
     table[0, 0] = base
     for kh in range(max_kh + 1):
         if kh > 0:
             step = 1 << (kh - 1)
             prev, cur = table[kh - 1, 0], table[kh, 0]
             cur[h - step :] = prev[h - step :]
-            np.maximum(prev[: h - step], prev[step:], out=cur[: h - step])
+            maximum(prev[: h - step], prev[step:], out=cur[: h - step])
         for kw in range(1, max_kw + 1):
             step = 1 << (kw - 1)
             prev, cur = table[kh, kw - 1], table[kh, kw]
             cur[:, w - step :] = prev[:, w - step :]
-            np.maximum(prev[:, : w - step], prev[:, step:], out=cur[:, : w - step])
+            maximum(prev[:, : w - step], prev[:, step:], out=cur[:, : w - step])
     return table
 
 
@@ -133,17 +142,18 @@ POOL_CHUNK = 32
 MIN_WINDOWS_PER_THREAD = 128
 
 
-def _reduce_level(finer: np.ndarray, n: int) -> np.ndarray:
+def _reduce_level(finer, n: int):
     """[B, m, m, C] bins of level m -> [B, n, n, C] of level n (n divides m): each coarse
     bin is the union of f x f fine bins (the module docstring), taken as pairwise maxima of
-    strided views, which numpy vectorises over the contiguous channels."""
+    strided views, vectorised over the contiguous channels (numpy or torch)."""
+    maximum = _maximum_of(finer)
     f = finer.shape[1] // n
     rows = finer[:, 0::f]
     for dy in range(1, f):
-        rows = np.maximum(rows, finer[:, dy::f])
+        rows = maximum(rows, finer[:, dy::f])
     out = rows[:, :, 0::f]
     for dx in range(1, f):
-        out = np.maximum(out, rows[:, :, dx::f])
+        out = maximum(out, rows[:, :, dx::f])
     return out
 
 
@@ -270,19 +280,7 @@ def spatial_pyramid_pool_torch(feature_map: torch.Tensor, cells, levels: Sequenc
     looked_up, derived, max_kh, max_kw = _plan(cells, levels, h, w)
     with torch.no_grad():
         base = feature_map.detach().permute(1, 2, 0).contiguous()  # [H, W, C]
-        table = base.new_empty((max_kh + 1, max_kw + 1, h, w, c))
-        table[0, 0] = base
-        for kh in range(max_kh + 1):
-            if kh > 0:
-                step = 1 << (kh - 1)
-                prev, cur = table[kh - 1, 0], table[kh, 0]
-                cur[h - step :] = prev[h - step :]
-                torch.maximum(prev[: h - step], prev[step:], out=cur[: h - step])
-            for kw in range(1, max_kw + 1):
-                step = 1 << (kw - 1)
-                prev, cur = table[kh, kw - 1], table[kh, kw]
-                cur[:, w - step :] = prev[:, w - step :]
-                torch.maximum(prev[:, : w - step], prev[:, step:], out=cur[:, : w - step])
+        table = _sparse_table(base, max_kh, max_kw)
         flat = table.reshape(-1, c)
         outs = []
         for s in range(0, len(cells), TORCH_POOL_CHUNK):
@@ -297,15 +295,7 @@ def spatial_pyramid_pool_torch(feature_map: torch.Tensor, cells, levels: Sequenc
                     p = torch.maximum(p, flat.index_select(0, extra))
                 pooled[n] = p.reshape(b, n, n, c)
             for n in derived:
-                src = pooled[min(m for m in pooled if m % n == 0)]
-                f = src.shape[1] // n
-                rows = src[:, 0::f]
-                for dy in range(1, f):
-                    rows = torch.maximum(rows, src[:, dy::f])
-                out = rows[:, :, 0::f]
-                for dx in range(1, f):
-                    out = torch.maximum(out, rows[:, :, dx::f])
-                pooled[n] = out
+                pooled[n] = _reduce_level(pooled[min(m for m in pooled if m % n == 0)], n)
             outs.append(torch.cat([pooled[n].permute(0, 3, 1, 2).reshape(b, -1) for n in levels], dim=1))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
