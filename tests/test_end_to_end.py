@@ -5,6 +5,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+import torch
 
 # Ranking each class's proposals at random scores gives mAP 0.006 on the built-in test
 # images; this smaller run (300 pretraining images, 4 epochs, 40 + 40 detection images)
@@ -124,6 +125,22 @@ def test_finetune_tool_writes_a_network_with_fc8(trained, method, capsys):
     assert head.fc8 is not None and head.fc8.out_features == len(SYNTHETIC_CLASSES) + 1
     with open(os.path.join(out, f"ft_{method}", "network_report.json")) as f:
         assert json.load(f)["method"] == method
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["spp", "rcnn"])
+def test_tools_run_on_a_gpu(synthetic_voc, tmp_path, method):
+    overrides = [
+        f"data.root={synthetic_voc}", f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'output'}",
+        "network.fc_dim=64", "network.weights=random", "features.scales=[300]", "proposals.max_boxes=300",
+        "proposals.backend=selectivesearch", f"features.method={method}", "features.rcnn_crop_size=64",
+        "features.device=cuda",
+    ]
+    model = str(tmp_path / "model")
+    assert run_tool("train_svm", ["--set", *overrides, "--out", model, "--quiet"]) == 0
+    assert run_tool("test_net", ["--model", model, "--quiet"]) == 0
+    with open(os.path.join(tmp_path, f"test_{method}", "results.json")) as f:
+        assert 0.0 <= json.load(f)["map"] <= 1.0
 
 
 def test_bad_config_is_one_line_exit_2(capsys):
