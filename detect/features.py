@@ -266,17 +266,13 @@ class SPPFeatures:
         unique, inverse = self.distinct_windows(maps, boxes)
         device = maps.maps[0].device if maps.maps else torch.device("cpu")
         dim = self.head.in_dim
-        if device.type != "cpu":  # pooled on the device (the torch kernel), scale by scale
-            parts = [spatial_pyramid_pool(fmap, unique[unique[:, 0] == k, 1:], self.levels)
-                     for k, fmap in enumerate(maps.maps) if (unique[:, 0] == k).any()]
-            return (torch.cat(parts) if parts else torch.zeros((0, dim), device=device)), inverse
         if reuse_buffer:
             need = len(unique) * dim
-            if self._buffer is None or self._buffer.numel() < need:
-                self._buffer = torch.empty(need)
+            if self._buffer is None or self._buffer.numel() < need or self._buffer.device != device:
+                self._buffer = torch.empty(need, device=device)
             out = self._buffer[:need].view(len(unique), dim)
         else:
-            out = torch.empty((len(unique), dim))
+            out = torch.empty((len(unique), dim), device=device)
         for k, fmap in enumerate(maps.maps):
             rows = np.flatnonzero(unique[:, 0] == k)
             if len(rows):

@@ -265,14 +265,8 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     store = build_proposal_store(cfg, dataset, progress)
     features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
     extractor = features.extractor
-    if isinstance(extractor, SPPFeatures):
-        maps_fn = features.conv_maps_fn(dataset)
-
-        def source(image_id):
-            return maps_fn(image_id)
-    else:
-        def source(image_id):
-            return dataset.load_image(image_id)
+    # what the extractor pools windows from: SPP-net the cached conv5 maps, R-CNN the image
+    source = features.conv_maps_fn(dataset) if isinstance(extractor, SPPFeatures) else dataset.load_image
 
     def pool_fn(image_id, windows):
         pooled, inverse = extractor.pool(source(image_id), windows)

@@ -170,9 +170,9 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     A map on another device (a GPU) goes to :func:`spatial_pyramid_pool_torch` and the
     result stays on that device.
 
-    ``out``: optionally a contiguous float32 CPU Tensor[N, D] to write into and return
-    (a caller pooling image after image reuses one, instead of page-faulting a fresh
-    100 MB for 2,000 windows of 12,800-d every time).
+    ``out``: optionally a contiguous Tensor[N, D] of the map's dtype and device to write
+    into and return (a caller pooling image after image reuses one, instead of
+    page-faulting a fresh 100 MB for 2,000 windows of 12,800-d every time).
     """
     cells = np.asarray(cells, dtype=np.int64).reshape(-1, 4)
     c, h, w = feature_map.shape
@@ -180,6 +180,11 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     if cells.shape[0] == 0:
         return feature_map.new_zeros((0, pyramid_dim(c, levels)))
     _check_cells(cells, h, w)
+    shape = (cells.shape[0], pyramid_dim(c, levels))
+    if out is not None and (tuple(out.shape) != shape or out.dtype != feature_map.dtype
+                            or not out.is_contiguous() or out.device != feature_map.device):
+        raise ValueError(f"out must be a contiguous {feature_map.dtype} tensor of shape {shape} "
+                         f"on {feature_map.device}")
     if feature_map.device.type != "cpu":
         pooled = spatial_pyramid_pool_torch(feature_map, cells, levels)
         return pooled if out is None else out.copy_(pooled)
@@ -188,14 +193,7 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     flat = _sparse_table(base, max_kh, max_kw).reshape(-1, c)
     corners = {n: _lookup_indices(cells, n, h, w, max_kw + 1) for n in looked_up}
     num = cells.shape[0]
-    shape = (num, pyramid_dim(c, levels))
-    if out is None:
-        result = torch.from_numpy(np.empty(shape, dtype=base.dtype))
-    else:
-        if tuple(out.shape) != shape or out.dtype != feature_map.dtype or not out.is_contiguous() \
-                or out.device.type != "cpu":
-            raise ValueError(f"out must be a contiguous {feature_map.dtype} CPU tensor of shape {shape}")
-        result = out
+    result = torch.from_numpy(np.empty(shape, dtype=base.dtype)) if out is None else out
     out = result.numpy()
     offsets, pos = {}, 0
     for n in levels:
