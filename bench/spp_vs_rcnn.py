@@ -10,9 +10,9 @@ alone against torchvision's ``roi_pool`` (4 calls, one per level) on a 256 x 43 
 Random weights: timing does not depend on them. Medians over images, ratios from the same
 run. Prints a table and writes JSON (default ``bench/results/spp_vs_rcnn.json``).
 
-``--device cuda`` runs the network layers on a GPU (both methods; R-CNN then warps on the
-GPU too, with ``grid_sample``, ``--crop-batch`` crops at a time); SPP-net's pooling kernel
-stays on the CPU, and the kernel comparison is always the CPU one.
+``--device cuda`` runs both methods on a GPU: the network layers, SPP-net's pooling (the
+torch twin of the kernel) and R-CNN's warps (``grid_sample``, ``--crop-batch`` crops at a
+time); the kernel comparison at the end is always the CPU one.
 
 Example::
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from detect.bbox_regression import BoxRegressor, fit_box_regressor, select_regression_examples
 from detect.config import Config
+from detect.errors import UserError
 from detect.fileio import atomic_save_npz, load_npz
 from svm.mining import (HardNegativeMiner, compute_feature_scale, feature_norms, feature_scale_from_norms,
                         select_negative_candidates)
@@ -113,8 +114,8 @@ def collect_positives(
             rows = g + np.searchsorted(wanted, reg_idx)
             reg_feats = feats[reg_layer][rows].astype(np.float16)
             if not np.isfinite(reg_feats).all():
-                raise ValueError(f"{image_id}: {reg_layer} features exceed the float16 range "
-                                 "of the regression store")
+                raise UserError(f"{image_id}: {reg_layer} features exceed the float16 range of the "
+                                "regression store (a network with unnormalised activations?)")
             parts["reg_features"].append(reg_feats)
             parts["reg_boxes"].append(windows[reg_idx])
             parts["reg_gt"].append(reg_gt)
