@@ -10,11 +10,16 @@ that object's class, ``[bg_iou_low, fg_iou)`` -> background (0), the rest unused
 mini-batch holds ``fg_fraction`` positives (25% in the paper) when the images have them.
 SGD with momentum; the learning rate drops tenfold for the last sixth of the iterations
 (the paper: 1e-4 for 250k mini-batches, then 1e-5 for 50k).
+
+With ``checkpoint`` the state (weights, optimiser, random generators, history) is written
+atomically every ``checkpoint_every`` iterations, and a run started again with the same
+``key`` resumes there and ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 
 import numpy as np
@@ -22,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from detect.boxes import box_iou
+from detect.fileio import atomic_open
 
 __all__ = ["label_windows", "finetune_head"]
 
@@ -46,12 +52,14 @@ def label_windows(boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray
 
 def finetune_head(head, pool_fn, dataset, proposals, cfg_finetune, seed: int = 0,
                   images_per_batch: int = 2, momentum: float = 0.9, weight_decay: float = 5e-4,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, checkpoint: str | None = None, checkpoint_every: int = 250,
+                  key: str = "") -> dict:
     """Train ``head`` (with fc8 already added) in place, on its device; returns a small
     report.
 
     ``pool_fn(image_id, windows [N, 4]) -> Tensor[N, D]``: the pool5 vector of every window
-    of the image, in order (no gradient needed)."""
+    of the image, in order (no gradient needed). ``checkpoint``: a file for resuming (see
+    the module docstring); ``key`` names what it belongs to (another key: start afresh)."""
     f = cfg_finetune
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -65,10 +73,36 @@ def finetune_head(head, pool_fn, dataset, proposals, cfg_finetune, seed: int = 0
     history = []
     t0 = time.perf_counter()
     device = next(head.parameters()).device
-    head.train()
-    bar = tqdm(range(f.iterations), desc="fine-tune fc", disable=not progress)
     running_loss, running_acc = 0.0, 0.0
+    start = 0
+    if checkpoint and os.path.isfile(checkpoint):
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state.get("key") == key:
+            head.load_state_dict(state["head"])
+            opt.load_state_dict(state["optimizer"])
+            rng.bit_generator.state = state["numpy_rng"]
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            start, history = int(state["iteration"]), list(state["history"])
+            running_loss, running_acc = float(state["running_loss"]), float(state["running_acc"])
+            log.info("fine-tuning: resuming after %d of %d iterations", start, f.iterations)
+
+    def save_state(iteration: int) -> None:
+        state = {"key": key, "iteration": iteration, "head": head.state_dict(), "optimizer": opt.state_dict(),
+                 "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 "history": history, "running_loss": running_loss, "running_acc": running_acc}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        with atomic_open(checkpoint) as fh:
+            torch.save(state, fh)
+
+    head.train()
+    bar = tqdm(range(start, f.iterations), initial=start, total=f.iterations, desc="fine-tune fc",
+               disable=not progress)
     for it in bar:
+        if checkpoint and it > start and it % checkpoint_every == 0:
+            save_state(it)  # the state before iteration ``it``
         if it == drop_at:
             for g in opt.param_groups:
                 g["lr"] = f.lr * 0.1

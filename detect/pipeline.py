@@ -69,6 +69,18 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
     return out_dir
 
 
+def _resume_key(cfg: Config, sections, dataset, trunk, head, **extra) -> str:
+    """A hash of everything a resumable stage's saved state depends on: the named config
+    sections, the seed, the image ids, the network's weights and ``extra``."""
+    from detect.config import config_to_dict
+    from detect.feature_sources import network_digest
+    from detect.fileio import stable_hash
+
+    return stable_hash({section: config_to_dict(getattr(cfg, section)) for section in sections}
+                       | {"seed": cfg.seed, "images": list(dataset.image_ids), "network": network_digest(trunk, head)}
+                       | extra)
+
+
 def _reset_stale_work_dir(work_dir: str, cfg: Config, dataset, features) -> None:
     """The checkpoints in ``work_dir`` (positives, mining state) serve only a rerun of the
     same training: features, network weights, SVM / regression settings, data and
@@ -77,14 +89,8 @@ def _reset_stale_work_dir(work_dir: str, cfg: Config, dataset, features) -> None
     import json
     import shutil
 
-    from detect.config import config_to_dict
-    from detect.feature_sources import network_digest
-    from detect.fileio import stable_hash
-
-    key = stable_hash({section: config_to_dict(getattr(cfg, section))
-                       for section in ("data", "proposals", "features", "svm", "bbox_reg")}
-                      | {"layout": WORK_LAYOUT, "seed": cfg.seed, "images": list(dataset.image_ids),
-                         "network": network_digest(features.trunk, features.head)})
+    key = _resume_key(cfg, ("data", "proposals", "features", "svm", "bbox_reg"), dataset, features.trunk,
+                      features.head, layout=WORK_LAYOUT)
     key_path = os.path.join(work_dir, "key.json")
     if os.path.isdir(work_dir):
         old = None
@@ -276,8 +282,14 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     if head.fc8 is None or head.fc8.out_features != len(dataset.classes) + 1:
         head.add_classifier(len(dataset.classes) + 1, seed=cfg.seed)
         head.to(extractor.device)
-    report = finetune_head(head, pool_fn, dataset, store, cfg.finetune, seed=cfg.seed, progress=progress)
+    # an interrupted run resumes from this checkpoint if it was fine-tuning the same thing
+    checkpoint = os.path.splitext(out_path)[0] + "_state.pt"
+    key = _resume_key(cfg, ("data", "proposals", "features", "finetune"), dataset, features.trunk, head)
+    report = finetune_head(head, pool_fn, dataset, store, cfg.finetune, seed=cfg.seed, progress=progress,
+                           checkpoint=checkpoint, key=key)
     report["method"] = cfg.features.method
     save_network(features.trunk, head, out_path, extra={"finetune_iterations": report["iterations"]})
     atomic_write_json(os.path.splitext(out_path)[0] + "_report.json", report)
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)
     return out_path, report

@@ -125,6 +125,7 @@ def test_finetune_tool_writes_a_network_with_fc8(trained, method, capsys):
     assert head.fc8 is not None and head.fc8.out_features == len(SYNTHETIC_CLASSES) + 1
     with open(os.path.join(out, f"ft_{method}", "network_report.json")) as f:
         assert json.load(f)["method"] == method
+    assert not os.path.exists(os.path.join(out, f"ft_{method}", "network_state.pt"))  # done: no resume state
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -60,3 +60,51 @@ def test_finetune_updates_only_the_head(synthetic_voc, method, device):
     assert report["iterations"] == 12 and np.isfinite(report["final_loss"])
     assert not torch.equal(fc6_before, head.fc6.weight)
     assert all(torch.equal(a, b) for a, b in zip(trunk_before, trunk.parameters()))
+
+
+def test_interrupted_finetuning_resumes_to_the_same_weights(synthetic_voc, tmp_path):
+    ds = VOCDataset(synthetic_voc, "trainval")
+    rng = np.random.default_rng(1)
+    props = {}
+    for i in ds.image_ids:
+        a = ds.annotation(i)
+        jitter = a.boxes[rng.integers(0, len(a.boxes), 30)] + rng.normal(0, 8, (30, 4)).astype(np.float32)
+        props[i] = np.concatenate([jitter, a.boxes])
+    cfg = FinetuneConfig(iterations=12, batch_size=16, lr=1e-3)
+
+    def setup():
+        trunk, head = build_network(NetworkConfig(trunk="compact", fc_dim=32, init_seed=3))
+        head.add_classifier(len(ds.classes) + 1)
+        spp = SPPFeatures(trunk, head, scales=(160,))
+        maps = {i: spp.compute_maps(ds.load_image(i)) for i in ds.image_ids}
+        calls = {"n": 0}
+
+        def pool_fn(image_id, windows):
+            calls["n"] += 1
+            if calls.get("fail_at") == calls["n"]:
+                raise KeyboardInterrupt
+            pooled, inverse = spp.pool(maps[image_id], windows)
+            return pooled[torch.from_numpy(inverse)]
+
+        return head, pool_fn, calls
+
+    head, pool_fn, _ = setup()
+    whole = finetune_head(head, pool_fn, ds, props, cfg, progress=False)
+    expected = {k: v.clone() for k, v in head.state_dict().items()}
+
+    ckpt = str(tmp_path / "state.pt")
+    head, pool_fn, calls = setup()
+    calls["fail_at"] = 2 * 9 + 1  # two images per iteration: dies in iteration 9
+    with pytest.raises(KeyboardInterrupt):
+        finetune_head(head, pool_fn, ds, props, cfg, progress=False, checkpoint=ckpt, checkpoint_every=4, key="k")
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 8
+    head, pool_fn, calls = setup()  # a new process: fresh weights, resumed from the file
+    resumed = finetune_head(head, pool_fn, ds, props, cfg, progress=False, checkpoint=ckpt, checkpoint_every=4, key="k")
+    assert calls["n"] == 2 * (12 - 8)
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+    assert resumed["history"] == whole["history"] and resumed["final_loss"] == whole["final_loss"]
+    # another key: the checkpoint is not used
+    head, pool_fn, calls = setup()
+    finetune_head(head, pool_fn, ds, props, cfg, progress=False, checkpoint=ckpt, checkpoint_every=4, key="other")
+    assert calls["n"] == 2 * 12
