@@ -76,7 +76,8 @@ def finetune_head(head, pool_fn, dataset, proposals, cfg_finetune, seed: int = 0
     running_loss, running_acc = 0.0, 0.0
     start = 0
     if checkpoint and os.path.isfile(checkpoint):
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        # on the CPU: the generators' states must be CPU tensors; load_state_dict moves the rest
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state.get("key") == key:
             head.load_state_dict(state["head"])
             opt.load_state_dict(state["optimizer"])

@@ -62,7 +62,8 @@ def test_finetune_updates_only_the_head(synthetic_voc, method, device):
     assert all(torch.equal(a, b) for a, b in zip(trunk_before, trunk.parameters()))
 
 
-def test_interrupted_finetuning_resumes_to_the_same_weights(synthetic_voc, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_interrupted_finetuning_resumes_to_the_same_weights(synthetic_voc, tmp_path, device):
     ds = VOCDataset(synthetic_voc, "trainval")
     rng = np.random.default_rng(1)
     props = {}
@@ -75,7 +76,7 @@ def test_interrupted_finetuning_resumes_to_the_same_weights(synthetic_voc, tmp_p
     def setup():
         trunk, head = build_network(NetworkConfig(trunk="compact", fc_dim=32, init_seed=3))
         head.add_classifier(len(ds.classes) + 1)
-        spp = SPPFeatures(trunk, head, scales=(160,))
+        spp = SPPFeatures(trunk, head, scales=(160,), device=device)
         maps = {i: spp.compute_maps(ds.load_image(i)) for i in ds.image_ids}
         calls = {"n": 0}
 
@@ -84,7 +85,7 @@ def test_interrupted_finetuning_resumes_to_the_same_weights(synthetic_voc, tmp_p
             if calls.get("fail_at") == calls["n"]:
                 raise KeyboardInterrupt
             pooled, inverse = spp.pool(maps[image_id], windows)
-            return pooled[torch.from_numpy(inverse)]
+            return pooled[torch.from_numpy(inverse).to(pooled.device)]
 
         return head, pool_fn, calls
 
