@@ -174,12 +174,9 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     into and return (a caller pooling image after image reuses one, instead of
     page-faulting a fresh 100 MB for 2,000 windows of 12,800-d every time).
     """
-    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 4)
-    c, h, w = feature_map.shape
-    levels = tuple(int(n) for n in levels)
+    cells, (c, h, w), levels = _kernel_inputs(feature_map, cells, levels)
     if cells.shape[0] == 0:
         return feature_map.new_zeros((0, pyramid_dim(c, levels)))
-    _check_cells(cells, h, w)
     shape = (cells.shape[0], pyramid_dim(c, levels))
     if out is not None and (tuple(out.shape) != shape or out.dtype != feature_map.dtype
                             or not out.is_contiguous() or out.device != feature_map.device):
@@ -240,10 +237,15 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     return result
 
 
-def _check_cells(cells: np.ndarray, h: int, w: int) -> None:
+def _kernel_inputs(feature_map: torch.Tensor, cells, levels):
+    """The kernels' checked inputs: int64 cells [N, 4], the map's (C, H, W), the levels as
+    ints. Raises ValueError for cells that are not inclusive ranges inside the map."""
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 4)
+    c, h, w = feature_map.shape
     if (cells[:, :2] < 0).any() or (cells[:, 2] >= w).any() or (cells[:, 3] >= h).any() \
             or (cells[:, 2] < cells[:, 0]).any() or (cells[:, 3] < cells[:, 1]).any():
         raise ValueError("cells must be inclusive ranges inside the feature map")
+    return cells, (c, h, w), tuple(int(n) for n in levels)
 
 
 def _plan(cells: np.ndarray, levels: tuple[int, ...], h: int, w: int):
@@ -269,12 +271,9 @@ def spatial_pyramid_pool_torch(feature_map: torch.Tensor, cells, levels: Sequenc
     """:func:`spatial_pyramid_pool` in torch operations on the map's own device (a GPU;
     on the CPU the numpy kernel is the faster): the same sparse table, lookups and level
     reductions, so the result is exactly the reference's. Not differentiable."""
-    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 4)
-    c, h, w = feature_map.shape
-    levels = tuple(int(n) for n in levels)
+    cells, (c, h, w), levels = _kernel_inputs(feature_map, cells, levels)
     if cells.shape[0] == 0:
         return feature_map.new_zeros((0, pyramid_dim(c, levels)))
-    _check_cells(cells, h, w)
     looked_up, derived, max_kh, max_kw = _plan(cells, levels, h, w)
     with torch.no_grad():
         base = feature_map.detach().permute(1, 2, 0).contiguous()  # [H, W, C]

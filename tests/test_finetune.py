@@ -23,6 +23,17 @@ def test_label_windows_intervals():
     assert (label_windows(boxes, np.zeros((0, 4)), np.zeros(0, np.int64), 0.5, 0.1) == -1).all()
 
 
+def jittered_proposals(ds, n, seed):
+    """Per image: ``n`` ground-truth boxes jittered by 8 px, and the ground truth itself."""
+    rng = np.random.default_rng(seed)
+    props = {}
+    for i in ds.image_ids:
+        a = ds.annotation(i)
+        jitter = a.boxes[rng.integers(0, len(a.boxes), n)] + rng.normal(0, 8, (n, 4)).astype(np.float32)
+        props[i] = np.concatenate([jitter, a.boxes])
+    return props
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -47,12 +58,7 @@ def test_finetune_updates_only_the_head(synthetic_voc, method, device):
             pooled, inverse = rcnn.pool(ds.load_image(image_id), windows)
             assert pooled.shape == (len(np.unique(windows, axis=0)), head.in_dim)
             return pooled[torch.from_numpy(inverse).to(pooled.device)]
-    rng = np.random.default_rng(0)
-    props = {}
-    for i in ds.image_ids:
-        a = ds.annotation(i)
-        jitter = a.boxes[rng.integers(0, len(a.boxes), 40)] + rng.normal(0, 8, (40, 4)).astype(np.float32)
-        props[i] = np.concatenate([jitter, a.boxes])
+    props = jittered_proposals(ds, 40, seed=0)
     trunk_before = [p.detach().clone() for p in trunk.parameters()]
     fc6_before = head.fc6.weight.detach().clone()
     report = finetune_head(head, pool_fn, ds, props,
@@ -65,12 +71,7 @@ def test_finetune_updates_only_the_head(synthetic_voc, method, device):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 def test_interrupted_finetuning_resumes_to_the_same_weights(synthetic_voc, tmp_path, device):
     ds = VOCDataset(synthetic_voc, "trainval")
-    rng = np.random.default_rng(1)
-    props = {}
-    for i in ds.image_ids:
-        a = ds.annotation(i)
-        jitter = a.boxes[rng.integers(0, len(a.boxes), 30)] + rng.normal(0, 8, (30, 4)).astype(np.float32)
-        props[i] = np.concatenate([jitter, a.boxes])
+    props = jittered_proposals(ds, 30, seed=1)
     cfg = FinetuneConfig(iterations=12, batch_size=16, lr=1e-3)
 
     def setup():
