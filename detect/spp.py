@@ -174,22 +174,17 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     into and return (a caller pooling image after image reuses one, instead of
     page-faulting a fresh 100 MB for 2,000 windows of 12,800-d every time).
     """
-    cells, (c, h, w), levels = _kernel_inputs(feature_map, cells, levels)
+    if feature_map.device.type != "cpu":
+        return spatial_pyramid_pool_torch(feature_map, cells, levels, out=out)
+    cells, (c, h, w), levels = _kernel_inputs(feature_map, cells, levels, out)
     if cells.shape[0] == 0:
         return feature_map.new_zeros((0, pyramid_dim(c, levels)))
-    shape = (cells.shape[0], pyramid_dim(c, levels))
-    if out is not None and (tuple(out.shape) != shape or out.dtype != feature_map.dtype
-                            or not out.is_contiguous() or out.device != feature_map.device):
-        raise ValueError(f"out must be a contiguous {feature_map.dtype} tensor of shape {shape} "
-                         f"on {feature_map.device}")
-    if feature_map.device.type != "cpu":
-        pooled = spatial_pyramid_pool_torch(feature_map, cells, levels)
-        return pooled if out is None else out.copy_(pooled)
     base = feature_map.detach().permute(1, 2, 0).contiguous().numpy()  # [H, W, C]
     looked_up, derived, max_kh, max_kw = _plan(cells, levels, h, w)
     flat = _sparse_table(base, max_kh, max_kw).reshape(-1, c)
     corners = {n: _lookup_indices(cells, n, h, w, max_kw + 1) for n in looked_up}
     num = cells.shape[0]
+    shape = (num, pyramid_dim(c, levels))
     result = torch.from_numpy(np.empty(shape, dtype=base.dtype)) if out is None else out
     out = result.numpy()
     offsets, pos = {}, 0
@@ -237,15 +232,22 @@ def spatial_pyramid_pool(feature_map: torch.Tensor, cells, levels: Sequence[int]
     return result
 
 
-def _kernel_inputs(feature_map: torch.Tensor, cells, levels):
+def _kernel_inputs(feature_map: torch.Tensor, cells, levels, out: torch.Tensor | None = None):
     """The kernels' checked inputs: int64 cells [N, 4], the map's (C, H, W), the levels as
-    ints. Raises ValueError for cells that are not inclusive ranges inside the map."""
+    ints. Raises ValueError for cells that are not inclusive ranges inside the map, or an
+    ``out`` that is not a contiguous [N, D] tensor of the map's dtype and device."""
     cells = np.asarray(cells, dtype=np.int64).reshape(-1, 4)
     c, h, w = feature_map.shape
+    levels = tuple(int(n) for n in levels)
     if (cells[:, :2] < 0).any() or (cells[:, 2] >= w).any() or (cells[:, 3] >= h).any() \
             or (cells[:, 2] < cells[:, 0]).any() or (cells[:, 3] < cells[:, 1]).any():
         raise ValueError("cells must be inclusive ranges inside the feature map")
-    return cells, (c, h, w), tuple(int(n) for n in levels)
+    shape = (cells.shape[0], pyramid_dim(c, levels))
+    if out is not None and (tuple(out.shape) != shape or out.dtype != feature_map.dtype
+                            or not out.is_contiguous() or out.device != feature_map.device):
+        raise ValueError(f"out must be a contiguous {feature_map.dtype} tensor of shape {shape} "
+                         f"on {feature_map.device}")
+    return cells, (c, h, w), levels
 
 
 def _plan(cells: np.ndarray, levels: tuple[int, ...], h: int, w: int):
@@ -267,19 +269,22 @@ def _plan(cells: np.ndarray, levels: tuple[int, ...], h: int, w: int):
 TORCH_POOL_CHUNK = 4096
 
 
-def spatial_pyramid_pool_torch(feature_map: torch.Tensor, cells, levels: Sequence[int] = (6, 3, 2, 1)) -> torch.Tensor:
+def spatial_pyramid_pool_torch(feature_map: torch.Tensor, cells, levels: Sequence[int] = (6, 3, 2, 1),
+                               out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`spatial_pyramid_pool` in torch operations on the map's own device (a GPU;
     on the CPU the numpy kernel is the faster): the same sparse table, lookups and level
-    reductions, so the result is exactly the reference's. Not differentiable."""
-    cells, (c, h, w), levels = _kernel_inputs(feature_map, cells, levels)
+    reductions, so the result is exactly the reference's. ``out`` as there. Not
+    differentiable."""
+    cells, (c, h, w), levels = _kernel_inputs(feature_map, cells, levels, out)
     if cells.shape[0] == 0:
         return feature_map.new_zeros((0, pyramid_dim(c, levels)))
     looked_up, derived, max_kh, max_kw = _plan(cells, levels, h, w)
+    if out is None:
+        out = feature_map.new_empty((cells.shape[0], pyramid_dim(c, levels)))
     with torch.no_grad():
         base = feature_map.detach().permute(1, 2, 0).contiguous()  # [H, W, C]
         table = _sparse_table(base, max_kh, max_kw)
         flat = table.reshape(-1, c)
-        outs = []
         for s in range(0, len(cells), TORCH_POOL_CHUNK):
             part = cells[s : s + TORCH_POOL_CHUNK]
             b = len(part)
@@ -293,8 +298,11 @@ def spatial_pyramid_pool_torch(feature_map: torch.Tensor, cells, levels: Sequenc
                 pooled[n] = p.reshape(b, n, n, c)
             for n in derived:
                 pooled[n] = _reduce_level(pooled[min(m for m in pooled if m % n == 0)], n)
-            outs.append(torch.cat([pooled[n].permute(0, 3, 1, 2).reshape(b, -1) for n in levels], dim=1))
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+            pos = 0
+            for n in levels:  # each level straight into its columns, channel-major
+                out[s : s + b, pos : pos + c * n * n] = pooled[n].permute(0, 3, 1, 2).reshape(b, -1)
+                pos += c * n * n
+    return out
 
 
 def spatial_pyramid_pool_reference(feature_map: torch.Tensor, cells, levels: Sequence[int] = (6, 3, 2, 1)) -> torch.Tensor:

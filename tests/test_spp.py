@@ -128,7 +128,13 @@ def test_torch_kernel_chunks_and_edge_cases(monkeypatch):
     fm = torch.randn(5, 9, 14)
     cells = random_cells(rng, 23, 9, 14)
     monkeypatch.setattr(spp, "TORCH_POOL_CHUNK", 6)  # several chunks, the last one short
-    assert torch.equal(spatial_pyramid_pool_torch(fm, cells), spatial_pyramid_pool_reference(fm, cells))
+    ref = spatial_pyramid_pool_reference(fm, cells)
+    assert torch.equal(spatial_pyramid_pool_torch(fm, cells), ref)
+    buf = torch.full((23, 5 * 50), float("nan"))
+    assert spatial_pyramid_pool_torch(fm, cells, out=buf) is buf and torch.equal(buf, ref)
+    # a level listed twice is written twice
+    twice = spatial_pyramid_pool_torch(fm, cells, levels=(2, 1, 2))
+    assert torch.equal(twice, spatial_pyramid_pool_reference(fm, cells, levels=(2, 1, 2)))
     assert spatial_pyramid_pool_torch(fm, np.zeros((0, 4), np.int64)).shape == (0, 5 * 50)
     with pytest.raises(ValueError, match="inside the feature map"):
         spatial_pyramid_pool_torch(fm, [[0, 0, 14, 3]])
