@@ -5,7 +5,10 @@ start from another with ``_base_: other.yaml`` (path relative to the file); its 
 merged over the base, section by section. Command-line overrides use dotted keys,
 ``--set svm.C=0.01 features.scales=[480,688]``; values are parsed as YAML.
 
-An unknown key or a value of the wrong type is a :class:`ConfigError` naming the key.
+An unknown key, a value of the wrong type or a value outside its allowed range (NaN, a
+negative size, an IoU above 1, an unknown method, see :data:`RULES`) is a one-line
+:class:`ConfigError` naming the key, the value and what is allowed, raised when the config
+is built, before any data is touched.
 Each section is its own dataclass so that a stage can hash exactly the settings it depends
 on (changing the SVM's C must not recompute proposals): see :func:`section_hash`.
 """
@@ -14,16 +17,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from detect.errors import UserError
 from detect.fileio import atomic_write_text, stable_hash
 from proposals.config import ProposalConfig
+from proposals.selective_search import BACKENDS, IMPORTED_BACKEND
 from svm.config import SVMConfig
 
 __all__ = [
@@ -44,6 +49,10 @@ __all__ = [
     "save_config",
     "parse_overrides",
     "section_hash",
+    "validate_config",
+    "setting_keys",
+    "RULES",
+    "CROSS_RULES",
 ]
 
 
@@ -202,6 +211,280 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
+# ----------------------------------------------------------------------------- validation
+#
+# Every setting has one rule in RULES, keyed by its dotted name: its allowed values, in
+# words for the error message. A value is checked when the config is built (before its
+# section is constructed), then CROSS_RULES check settings that constrain each other.
+# Adding a setting means adding one line to RULES; tests/test_config.py fails for a
+# setting that has none. Until it has one, a setting is checked against its type only
+# (numbers must be finite): the fallback of _fallback_rule.
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Allowed values of one scalar setting: ``test(value)`` holds for them; ``allowed``
+    says which they are, for the one-line error."""
+
+    test: Callable[[Any], bool]
+    allowed: str
+
+    def check(self, key: str, value: Any) -> None:
+        if not self.test(value):
+            raise ConfigError(f"{key}: {_show(value)} is not allowed ({self.allowed})")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A setting that names one of a fixed set of things (``noun``: what they are)."""
+
+    values: tuple[str, ...]
+    noun: str = "value"
+
+    def check(self, key: str, value: Any) -> None:
+        if value not in self.values:
+            raise ConfigError(f"{key}: unknown {self.noun} {value!r} (allowed: {', '.join(self.values)})")
+
+
+@dataclass(frozen=True)
+class ListRule:
+    """A list setting: its length in [min_len, max_len], each item by ``item``, and the
+    whole list by ``whole`` (e.g. increasing); ``allowed`` describes the whole list."""
+
+    item: Any
+    allowed: str
+    min_len: int = 0
+    max_len: int | None = None
+    whole: Callable[[tuple], bool] | None = None
+
+    def check(self, key: str, value: Any) -> None:
+        if len(value) < self.min_len or (self.max_len is not None and len(value) > self.max_len):
+            raise ConfigError(f"{key}: {_show(value)} is not allowed ({self.allowed})")
+        for i, v in enumerate(value):
+            self.item.check(f"{key}[{i}]", v)
+        if self.whole is not None and not self.whole(value):
+            raise ConfigError(f"{key}: {_show(value)} is not allowed ({self.allowed})")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)) if abs(value) < 1e16 else repr(value)
+    return repr(value)  # floats: nan, inf; strings quoted
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def integer(lo: int, hi: int | None = None) -> Rule:
+    """An integer in [lo, hi] (hi None: no upper bound)."""
+    if hi is not None:
+        words = f"an integer in [{lo}, {hi}]"
+    else:
+        words = {0: "a non-negative integer", 1: "a positive integer"}.get(lo, f"an integer >= {lo}")
+    return Rule(lambda v: _is_int(v) and v >= lo and (hi is None or v <= hi), words)
+
+
+def number(lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False,
+           allow_neg_inf: bool = False) -> Rule:
+    """A number in the interval from ``lo`` to ``hi`` (each end open or closed); never NaN,
+    and infinite only when ``allow_neg_inf`` admits -inf."""
+
+    def test(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        if math.isinf(v):
+            return allow_neg_inf and v < 0
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+
+    if lo == 0 and lo_open and hi == math.inf:
+        words = "a positive finite number"
+    elif lo == 0 and hi == math.inf:
+        words = "a non-negative finite number"
+    elif lo == -math.inf and hi == math.inf:
+        words = "a finite number"
+    else:
+        words = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if allow_neg_inf:
+        words += " or -inf"
+    return Rule(test, words)
+
+
+def text(non_empty: bool = True) -> Rule:
+    return Rule(lambda v: isinstance(v, str) and (bool(v.strip()) or not non_empty),
+                "a non-empty string" if non_empty else "a string")
+
+
+def _is_plain_name(v: Any) -> bool:
+    return (isinstance(v, str) and v.strip() == v and v not in ("", ".", "..")
+            and not any(c in v for c in "/\\\0") and not os.path.isabs(v))
+
+
+# a file or directory name without any path in it (image sets, class names, experiment names)
+PLAIN_NAME = Rule(_is_plain_name, "a plain name: not empty, no '/', '\\' or surrounding spaces, not '.' or '..'")
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+SEED = integer(0, 2**32 - 1)  # numpy's legacy RandomState takes seeds below 2**32
+POSITIVE_INT = integer(1)
+NON_NEGATIVE_INT = integer(0)
+POSITIVE = number(0, lo_open=True)
+NON_NEGATIVE = number(0)
+FINITE = number()
+FRACTION = number(0, 1)  # probabilities, fractions and IoU thresholds
+POSITIVE_FRACTION = number(0, 1, lo_open=True)
+FEATURE_LAYERS = Choice(("pool5", "fc6", "fc7"), "layer")
+# detect.trunks.TRUNKS (a test keeps the two equal; detect.trunks imports torch)
+TRUNK_NAMES = ("compact", "zf5", "alexnet", "vgg16")
+# the colour spaces proposals/selective_search.py converts to
+COLOR_SPACES = ("hsv", "lab", "rgb")
+DEVICE = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"cpu|cuda(:[0-9]+)?", v) is not None,
+              "cpu, cuda or cuda:N")
+
+
+def positive_ints(what: str = "a non-empty list of positive integers") -> ListRule:
+    return ListRule(POSITIVE_INT, what, min_len=1)
+
+
+RULES: dict[str, Any] = {
+    "name": PLAIN_NAME,
+    "output_dir": text(),
+    "cache_dir": text(),
+    "seed": SEED,
+    "data.root": text(),
+    "data.train_set": PLAIN_NAME,
+    "data.test_set": PLAIN_NAME,
+    "data.classes": ListRule(PLAIN_NAME, "distinct class names; empty: inferred from the dataset",
+                             whole=lambda v: len(set(v)) == len(v)),
+    "data.train_difficult": BOOL,
+    "proposals.backend": Choice(BACKENDS + (IMPORTED_BACKEND,), "backend"),
+    "proposals.max_boxes": POSITIVE_INT,
+    "proposals.max_side": POSITIVE_INT,
+    "proposals.min_size": NON_NEGATIVE_INT,
+    "proposals.color_spaces": ListRule(Choice(COLOR_SPACES, "colour space"), "a non-empty list of colour spaces",
+                                       min_len=1),
+    "proposals.segmentation_ks": positive_ints(),
+    "proposals.sigma": NON_NEGATIVE,
+    "proposals.ss_scale": POSITIVE,
+    "proposals.ss_sigma": NON_NEGATIVE,
+    "proposals.ss_min_size": NON_NEGATIVE_INT,
+    "proposals.mat_path": text(non_empty=False),
+    "network.trunk": Choice(TRUNK_NAMES, "trunk"),
+    "network.weights": text(),
+    "network.init_seed": SEED,
+    "network.fc_dim": POSITIVE_INT,
+    "network.dropout": number(0, 1, hi_open=True),
+    "features.method": Choice(("spp", "rcnn"), "method"),
+    "features.scales": positive_ints(),
+    "features.max_side": POSITIVE_INT,
+    "features.scale_target_size": POSITIVE_INT,
+    "features.levels": ListRule(POSITIVE_INT, "a non-empty list of distinct positive integers", min_len=1,
+                                whole=lambda v: len(set(v)) == len(v)),
+    "features.layer": FEATURE_LAYERS,
+    "features.rcnn_crop_size": POSITIVE_INT,
+    "features.rcnn_context_pad": NON_NEGATIVE_INT,
+    "features.batch_size": POSITIVE_INT,
+    "features.rcnn_crop_batch_size": POSITIVE_INT,
+    "features.fc_svd_rank": NON_NEGATIVE_INT,
+    "features.device": DEVICE,
+    "svm.C": POSITIVE,
+    "svm.bias_multiplier": POSITIVE,
+    "svm.pos_loss_weight": POSITIVE,
+    "svm.target_norm": POSITIVE,
+    "svm.hard_threshold": FINITE,
+    "svm.evict_threshold": FINITE,
+    "svm.retrain_limit": POSITIVE_INT,
+    "svm.negative_iou": POSITIVE_FRACTION,
+    "svm.negative_overlap": POSITIVE_FRACTION,
+    "svm.tol": POSITIVE,
+    "svm.max_epochs": POSITIVE_INT,
+    "svm.cache_dtype": Choice(("float16", "float32"), "dtype"),
+    "bbox_reg.enabled": BOOL,
+    "bbox_reg.ridge_lambda": POSITIVE,
+    "bbox_reg.min_iou": POSITIVE_FRACTION,
+    "bbox_reg.max_examples_per_object": NON_NEGATIVE_INT,
+    "bbox_reg.layer": FEATURE_LAYERS,
+    "finetune.enabled": BOOL,
+    "finetune.iterations": POSITIVE_INT,
+    "finetune.lr": POSITIVE,
+    "finetune.batch_size": POSITIVE_INT,
+    "finetune.fg_fraction": FRACTION,
+    "finetune.fg_iou": POSITIVE_FRACTION,
+    "finetune.bg_iou_low": FRACTION,
+    "test.nms_iou": FRACTION,
+    "test.max_per_class": POSITIVE_INT,
+    "test.score_threshold": number(allow_neg_inf=True),
+    "pretrain.root": text(non_empty=False),
+    "pretrain.train_set": PLAIN_NAME,
+    "pretrain.val_set": PLAIN_NAME,
+    "pretrain.sizes": positive_ints(),
+    "pretrain.image_scales": ListRule(POSITIVE, "empty, or two increasing shorter sides [lo, hi]", max_len=2,
+                                      whole=lambda v: len(v) == 0 or (len(v) == 2 and v[0] < v[1])),
+    "pretrain.epochs": POSITIVE_INT,
+    "pretrain.batch_size": POSITIVE_INT,
+    "pretrain.lr": POSITIVE,
+    "pretrain.weight_decay": NON_NEGATIVE,
+    "pretrain.jitter": FRACTION,
+    "pretrain.background_per_image": NON_NEGATIVE_INT,
+    "pretrain.out": text(non_empty=False),
+}
+
+# Settings that constrain each other: (key, test(cfg), allowed(cfg) in words).
+CROSS_RULES: tuple[tuple[str, Callable[[Any], bool], Callable[[Any], str]], ...] = (
+    ("finetune.bg_iou_low", lambda c: c.finetune.bg_iou_low < c.finetune.fg_iou,
+     lambda c: f"below finetune.fg_iou, {_show(c.finetune.fg_iou)}"),
+    ("svm.evict_threshold", lambda c: c.svm.evict_threshold <= c.svm.hard_threshold,
+     lambda c: f"at most svm.hard_threshold, {_show(c.svm.hard_threshold)}"),
+    ("features.rcnn_context_pad", lambda c: 2 * c.features.rcnn_context_pad < c.features.rcnn_crop_size,
+     lambda c: f"less than half of features.rcnn_crop_size, {c.features.rcnn_crop_size}"),
+)
+
+
+def setting_keys(cls: type | None = None, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> type annotation of every setting of ``cls`` (default: :class:`Config`)."""
+    cls = cls or Config
+    out: dict[str, Any] = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(setting_keys(tp, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = tp
+    return out
+
+
+def _fallback_rule(tp: Any) -> Any:
+    """The check of a setting with no rule in RULES: its type's, numbers finite."""
+    if typing.get_origin(tp) is tuple:
+        return ListRule(_fallback_rule(typing.get_args(tp)[0]), "a list")
+    return {bool: BOOL, int: Rule(_is_int, "an integer"), float: FINITE}.get(tp, Rule(lambda v: True, "any value"))
+
+
+def _check_setting(key: str, value: Any, tp: Any) -> None:
+    rule = RULES.get(key)
+    (rule if rule is not None else _fallback_rule(tp)).check(key, value)
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate_config(cfg: Config) -> Config:
+    """Check every setting of ``cfg`` against its rule and the cross rules; returns ``cfg``.
+    Raises :class:`ConfigError` naming the first bad key, its value and what is allowed."""
+    for key, tp in setting_keys().items():
+        _check_setting(key, _get(cfg, key), tp)
+    for key, test, allowed in CROSS_RULES:
+        if not test(cfg):
+            raise ConfigError(f"{key}: {_show(_get(cfg, key))} is not allowed ({allowed(cfg)})")
+    return cfg
+
+
 # ----------------------------------------------------------------------------- building
 
 
@@ -275,16 +558,21 @@ def _build_dataclass(cls: type, values: dict, prefix: str = "") -> Any:
             f"{', '.join(sorted(fields))})"
         )
     kwargs = {name: _coerce(v, hints[name], prefix + name) for name, v in values.items()}
+    for name, v in kwargs.items():
+        if not dataclasses.is_dataclass(hints[name]):
+            _check_setting(prefix + name, v, hints[name])
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+        message = str(e) if str(e).startswith(prefix) and prefix else f"{prefix.rstrip('.') or 'config'}: {e}"
+        raise ConfigError(message) from None
     return obj
 
 
 def build_config(values: dict | None = None) -> Config:
-    """Build a :class:`Config` from a nested dict (missing keys take their defaults)."""
-    return _build_dataclass(Config, dict(values or {}))
+    """Build a :class:`Config` from a nested dict (missing keys take their defaults); every
+    setting is checked against its rule (:data:`RULES`, :func:`validate_config`)."""
+    return validate_config(_build_dataclass(Config, dict(values or {})))
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -355,7 +643,7 @@ def load_config(
     try:
         return build_config(values)
     except ConfigError as e:
-        raise ConfigError(f"{path or 'defaults'}: {e}") from None
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -1,6 +1,7 @@
 """Settings of the per-class linear SVMs and hard-negative mining (R-CNN / SPP-net code)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -32,14 +33,24 @@ class SVMConfig:
     cache_dtype: str = "float16"
 
     def __post_init__(self):
-        if not (self.C > 0 and self.bias_multiplier > 0 and self.pos_loss_weight > 0 and self.target_norm > 0):
-            raise ValueError("C, bias_multiplier, pos_loss_weight and target_norm must be positive")
+        # A library-level guard for configs built in code; configs loaded from files are
+        # checked key by key first (detect/config.py RULES), with the same messages.
+        def bad(key: str, allowed: str) -> ValueError:
+            return ValueError(f"svm.{key}: {getattr(self, key)!r} is not allowed ({allowed})")
+
+        for key in ("C", "bias_multiplier", "pos_loss_weight", "target_norm", "tol"):
+            if not 0 < getattr(self, key) < math.inf:
+                raise bad(key, "a positive finite number")
+        for key in ("hard_threshold", "evict_threshold"):
+            if not math.isfinite(getattr(self, key)):
+                raise bad(key, "a finite number")
         if self.evict_threshold > self.hard_threshold:
-            raise ValueError(f"evict_threshold {self.evict_threshold} must not exceed "
-                             f"hard_threshold {self.hard_threshold}")
-        if self.retrain_limit < 1 or self.max_epochs < 1 or not self.tol > 0:
-            raise ValueError("retrain_limit and max_epochs must be >= 1 and tol > 0")
-        if not 0 < self.negative_iou <= 1 or not self.negative_overlap > 0:
-            raise ValueError("negative_iou must lie in (0, 1] and negative_overlap be > 0")
+            raise bad("evict_threshold", f"at most svm.hard_threshold, {self.hard_threshold!r}")
+        for key in ("retrain_limit", "max_epochs"):
+            if not getattr(self, key) >= 1:
+                raise bad(key, "a positive integer")
+        for key in ("negative_iou", "negative_overlap"):
+            if not 0 < getattr(self, key) <= 1:
+                raise bad(key, "a number in (0, 1]")
         if self.cache_dtype not in ("float16", "float32"):
-            raise ValueError(f"cache_dtype must be float16 or float32, got {self.cache_dtype!r}")
+            raise bad("cache_dtype", "float16 or float32")
