@@ -1,6 +1,7 @@
 """The first stages shared by every tool: opening an image set, its proposal store."""
 from __future__ import annotations
 
+import logging
 import os
 
 from detect.config import Config
@@ -8,15 +9,28 @@ from detect.errors import UserError
 
 __all__ = ["open_dataset", "build_proposal_store"]
 
+log = logging.getLogger(__name__)
+
 
 def open_dataset(cfg: Config, image_set: str, num_images: int | None = None):
+    """The image set ``image_set`` of ``cfg.data.root`` (its first ``num_images`` images),
+    every annotation parsed, so that a malformed file is an error before any long stage.
+
+    With ``data.classes`` given, objects of the dataset's other classes are ignored (one
+    INFO line counts them); with ``data.classes`` empty every class name must be known.
+    """
     from detect.voc import VOCDataset
 
-    ds = VOCDataset(cfg.data.root, image_set, classes=cfg.data.classes or None)
+    explicit = bool(cfg.data.classes)
+    ds = VOCDataset(cfg.data.root, image_set, classes=cfg.data.classes or None, ignore_other_classes=explicit)
     if num_images is not None:
         if num_images <= 0:
             raise UserError(f"--num-images must be positive, got {num_images}")
         ds.image_ids = ds.image_ids[:num_images]
+    ignored = ds.check_annotations()
+    if ignored:
+        log.info("%s/%s: ignored %d objects of %d classes not in data.classes: %s", cfg.data.root, image_set,
+                 sum(ignored.values()), len(ignored), ", ".join(f"{name} ({n})" for name, n in ignored.items()))
     return ds
 
 

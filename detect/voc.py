@@ -11,14 +11,17 @@ float32 0-based continuous ``(x1, y1, x2, y2)`` with :func:`detect.boxes.voc_to_
 (inverse: :func:`detect.boxes.internal_to_voc`, used when result files are written).
 
 Bad input raises :class:`detect.errors.DatasetError` with one line naming the file and the
-field: a missing directory or image set, malformed XML, a missing field, an unknown class
-name, an unreadable image. Boxes are repaired rather than refused, with a ``logging``
+field: a missing directory, a missing or empty image set, an image id that is not a plain
+file name (it names cache files), malformed XML, a missing field, a number that is not
+finite, an unknown class name (unless the caller asked to ignore classes it does not
+train on), an unreadable image or one whose pixels cannot be read as 8-bit RGB. Boxes are repaired rather than refused, with a ``logging``
 warning naming the file and the object: a box reaching outside the image is clipped to it;
 a box with no area left after clipping (or with xmax < xmin) is skipped.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -41,6 +44,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+PATH_SEPARATORS = ("/", "\\", "\0")
+# image files looked up for an id, in this order
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".PNG", ".bmp", ".tif", ".tiff")
+
 # The 20 PASCAL VOC classes in devkit order (which is alphabetical).
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -61,6 +68,9 @@ class Annotation:
     labels: np.ndarray
     difficult: np.ndarray
     truncated: np.ndarray
+    # names of the objects skipped because their class is not among the dataset's classes
+    # (only with ignore_other_classes), one entry per object
+    ignored_classes: tuple[str, ...] = ()
 
 
 def _main_dir(root: str) -> str:
@@ -89,14 +99,33 @@ def infer_classes(root: str, image_set: str = "trainval") -> tuple[str, ...]:
 
 
 def read_image_set(root: str, image_set: str) -> list[str]:
-    """Image ids listed in ``ImageSets/Main/<image_set>.txt`` (first column), in order."""
+    """Image ids listed in ``ImageSets/Main/<image_set>.txt`` (first column), in order;
+    blank lines are skipped. An id must be a plain file name: it names the image, the
+    annotation and every cache file of the image, so a path in it would reach outside
+    those directories."""
     path = os.path.join(_main_dir(root), f"{image_set}.txt")
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: image set {image_set!r} not found")
-    with open(path, encoding="utf-8") as f:
-        ids = [line.split()[0] for line in f if line.strip()]
-    if len(set(ids)) != len(ids):
-        raise DatasetError(f"{path}: duplicate image ids")
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: unreadable image set ({e})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]
+        if any(sep in image_id for sep in PATH_SEPARATORS) or image_id in (".", "..") or os.path.isabs(image_id):
+            raise DatasetError(f"{path}:{number}: image id {image_id!r} is not a plain file name "
+                               "(no '/', '\\', '.' or '..')")
+        if image_id in seen:
+            raise DatasetError(f"{path}:{number}: duplicate image id {image_id!r} (first on line {seen[image_id]})")
+        seen[image_id] = number
+        ids.append(image_id)
+    if not ids:
+        raise DatasetError(f"{path}: image set {image_set!r} lists no image ids")
     return ids
 
 
@@ -110,9 +139,12 @@ def _text(node: ET.Element, tag: str, path: str, where: str) -> str:
 def _number(node: ET.Element, tag: str, path: str, where: str) -> float:
     text = _text(node, tag, path, where)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise DatasetError(f"{path}: field {where}{tag} is not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise DatasetError(f"{path}: field {where}{tag} is not a finite number: {text!r}")
+    return value
 
 
 def _flag(node: ET.Element, tag: str, path: str, where: str) -> bool:
@@ -125,8 +157,10 @@ def _flag(node: ET.Element, tag: str, path: str, where: str) -> bool:
         raise DatasetError(f"{path}: field {where}{tag} is not 0/1: {child.text.strip()!r}") from None
 
 
-def parse_voc_xml(path: str, classes: Sequence[str]) -> Annotation:
-    """Parse one VOC annotation file (see the module docstring for the error policy)."""
+def parse_voc_xml(path: str, classes: Sequence[str], ignore_other_classes: bool = False) -> Annotation:
+    """Parse one VOC annotation file (see the module docstring for the error policy).
+    With ``ignore_other_classes`` an object whose class is not in ``classes`` is skipped
+    (listed in ``ignored_classes``) instead of being an error."""
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: annotation file not found")
     try:
@@ -142,10 +176,13 @@ def parse_voc_xml(path: str, classes: Sequence[str]) -> Annotation:
     if width <= 0 or height <= 0:
         raise DatasetError(f"{path}: size/width and size/height must be positive, got {width}x{height}")
     index = {name: i for i, name in enumerate(classes)}
-    boxes, labels, difficult, truncated = [], [], [], []
+    boxes, labels, difficult, truncated, ignored = [], [], [], [], []
     for k, obj in enumerate(root.findall("object")):
         where = f"object[{k}]/"
         name = _text(obj, "name", path, where)
+        if name not in index and ignore_other_classes:
+            ignored.append(name)
+            continue
         if name not in index:
             raise DatasetError(f"{path}: {where}name: unknown class {name!r} (known: {', '.join(classes)})")
         bnd = obj.find("bndbox")
@@ -175,21 +212,47 @@ def parse_voc_xml(path: str, classes: Sequence[str]) -> Annotation:
         labels=np.asarray(labels, dtype=np.int64),
         difficult=np.asarray(difficult, dtype=bool),
         truncated=np.asarray(truncated, dtype=bool),
+        ignored_classes=tuple(ignored),
     )
 
 
+def _pixels_as_uint8(image: np.ndarray, path: str) -> np.ndarray:
+    """8-bit pixels of a decoded image: unsigned integers rescaled from their full range
+    (16-bit PNG/TIFF), floats in [0, 1] times 255 (float TIFF); any other pixel type is
+    refused."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype.kind == "u":
+        return (image / (np.iinfo(image.dtype).max / 255.0)).round().astype(np.uint8)
+    if image.dtype.kind == "f":
+        finite = np.isfinite(image).all()
+        if not finite or image.min() < 0 or image.max() > 1:
+            what = "non-finite values" if not finite else f"values in [{image.min():g}, {image.max():g}]"
+            raise DatasetError(f"{path}: {image.dtype} pixels with {what}; floating-point images must hold "
+                               "values in [0, 1] (or use 8- or 16-bit unsigned pixels)")
+        return (image.astype(np.float64) * 255.0).round().astype(np.uint8)
+    raise DatasetError(f"{path}: {image.dtype} pixels are not supported "
+                       "(8- or 16-bit unsigned, or floating point in [0, 1])")
+
+
 def load_image(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8 ``[H, W, 3]`` (grayscale and RGBA are converted)."""
+    """Read an image file as RGB uint8 ``[H, W, 3]`` (grayscale and RGBA are converted;
+    see :func:`_pixels_as_uint8` for pixel types other than 8-bit)."""
     import cv2
 
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: image file not found")
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error:
+        image = None
+    if image is None or image.size == 0:
         raise DatasetError(f"{path}: not a readable image (corrupt or unsupported format)")
-    if image.dtype != np.uint8:  # 16-bit PNG and the like
-        image = (image / (np.iinfo(image.dtype).max / 255.0)).round().astype(np.uint8)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        channels = image.shape[2] if image.ndim == 3 else image.shape
+        raise DatasetError(f"{path}: {channels} channels are not supported (grayscale, RGB or RGBA)")
+    image = _pixels_as_uint8(image, path)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:
@@ -203,9 +266,13 @@ class VOCDataset:
     """One image set of a VOC-layout dataset. Annotations are parsed on first use and kept
     in memory only (no annotation cache on disk that could go stale)."""
 
-    def __init__(self, root: str, image_set: str, classes: Sequence[str] | None = None):
+    def __init__(self, root: str, image_set: str, classes: Sequence[str] | None = None,
+                 ignore_other_classes: bool = False):
+        """``ignore_other_classes``: objects of classes not in ``classes`` are skipped
+        (training on a subset of the dataset's classes) instead of being an error."""
         self.root = root
         self.image_set = image_set
+        self.ignore_other_classes = ignore_other_classes
         self.image_ids: list[str] = read_image_set(root, image_set)
         self.classes: tuple[str, ...] = tuple(classes) if classes else infer_classes(root)
         for sub in ("JPEGImages", "Annotations"):
@@ -221,7 +288,7 @@ class VOCDataset:
 
     def image_path(self, image_id: str) -> str:
         base = os.path.join(self.root, "JPEGImages", image_id)
-        for ext in (".jpg", ".jpeg", ".png", ".JPG", ".PNG"):
+        for ext in IMAGE_EXTENSIONS:
             if os.path.isfile(base + ext):
                 return base + ext
         return base + ".jpg"
@@ -229,12 +296,26 @@ class VOCDataset:
     def annotation(self, image_id: str) -> Annotation:
         ann = self._annotations.get(image_id)
         if ann is None:
-            ann = parse_voc_xml(os.path.join(self.root, "Annotations", image_id + ".xml"), self.classes)
+            ann = parse_voc_xml(os.path.join(self.root, "Annotations", image_id + ".xml"), self.classes,
+                                self.ignore_other_classes)
             self._annotations[image_id] = ann
         return ann
 
     def load_image(self, image_id: str) -> np.ndarray:
         return load_image(self.image_path(image_id))
+
+    def check_annotations(self) -> dict[str, int]:
+        """Parse every annotation file that exists now, so that a malformed one is an error
+        before any long stage starts (images without an annotation file are left to fail
+        when their annotation is needed). Returns the number of objects of each ignored
+        class (empty unless ``ignore_other_classes``)."""
+        ignored: dict[str, int] = {}
+        for image_id in self.image_ids:
+            if image_id in self._annotations or os.path.isfile(
+                    os.path.join(self.root, "Annotations", image_id + ".xml")):
+                for name in self.annotation(image_id).ignored_classes:
+                    ignored[name] = ignored.get(name, 0) + 1
+        return dict(sorted(ignored.items()))
 
     def gt_lists(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Per image, in ``image_ids`` order: boxes [N, 4], labels [N], difficult [N]."""
