@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tqdm import tqdm  # noqa: E402
 
 from detect import pipeline  # noqa: E402
+from detect.cli import BUILTIN_FIVE_SCALES  # noqa: E402
 from detect.config import load_config  # noqa: E402
 from detect.detector import detections_from_scores  # noqa: E402
 from detect.evaluation import eval_detection_voc  # noqa: E402
@@ -38,7 +39,7 @@ from detect.model import load_model  # noqa: E402
 from detect.stages import build_proposal_store, open_dataset  # noqa: E402
 from detect.testing import median_timings, model_layers, score_and_regress  # noqa: E402
 
-FIVE_SCALES = [336, 400, 480, 576, 832]  # tools/quickstart.py's five scales for the default
+FIVE_SCALES = list(BUILTIN_FIVE_SCALES)  # tools/quickstart.py's five scales for the default
 
 
 def evaluate_with_and_without_regression(model_dir: str, num_images: int | None, overrides, progress: bool):

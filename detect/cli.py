@@ -24,9 +24,14 @@ __all__ = [
     "run_tool",
     "save_resolved_config",
     "DEFAULT_CONFIG",
+    "BUILTIN_FIVE_SCALES",
 ]
 
 # The built-in default experiment (generated dataset, compact trunk).
+# The built-in default's five test scales: the paper's {480, 576, 688, 864, 1200} times
+# 480 / 688 (its one scale, 480, plays the paper's 688), rounded to multiples of 16
+BUILTIN_FIVE_SCALES = (336, 400, 480, 608, 832)
+
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
 
 

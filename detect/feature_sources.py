@@ -3,9 +3,11 @@ extractor, and for training a disk cache of conv5 maps.
 
 Training reads every training image's windows twice (positives, then the mining pass).
 SPP-net's conv layers are frozen, so each image's conv5 maps are computed once and cached
-in float16 (``<cache_dir>/features/conv5-<key>/<image_id>.npz``, keyed by the trunk's
-weights, the scales, the size cap and the image file), and windows are pooled from them on
-demand: this is how a 1-scale VOC07 trainval run needs about 6 GB of disk for its features
+in float16 (``<cache_dir>/features/conv5-<trunk>-<key>/<image_id>.npz``, keyed by the
+trunk's weights, the scales and the size cap, each entry by its image file's content; see
+:class:`detect.fileio.KeyedEntries`), and windows are pooled from them on demand. The
+extractor rounds conv5 to float16 whether the maps come from this cache or not, so training
+and testing see the same values: this is how a 1-scale VOC07 trainval run needs about 6 GB of disk for its features
 (AlexNet, s = 688) where per-window fc7 features would take 82 GB. R-CNN has nothing to share between windows and recomputes.
 """
 from __future__ import annotations
@@ -14,16 +16,16 @@ import hashlib
 import logging
 import os
 
-import numpy as np
 
 from detect.config import Config, config_to_dict
-from detect.fileio import atomic_save_npz, atomic_write_json, load_npz, stable_hash
+from detect.fileio import KeyedEntries, file_digest, keyed_directory
 
 __all__ = ["WindowFeatures", "network_digest"]
 
 log = logging.getLogger(__name__)
 
-CONV_CACHE_VERSION = 1
+# 2: entries keyed by the image's content
+CONV_CACHE_VERSION = 2
 
 
 def network_digest(trunk, head=None) -> str:
@@ -79,47 +81,33 @@ class WindowFeatures:
 
     # ----------------------------------------------------------------------- training
 
-    def _conv_cache_dir(self) -> str:
+    def _conv_entries(self) -> KeyedEntries:
         f = self.cfg.features
-        key = stable_hash({
-            "version": CONV_CACHE_VERSION,
-            "trunk": self.cfg.network.trunk,
-            "weights": network_digest(self.trunk),
-            "scales": list(f.scales),
-            "max_side": f.max_side,
-        })
-        directory = os.path.join(self.cache_root, f"conv5-{self.cfg.network.trunk}-{key}")
-        if not os.path.isdir(directory):
-            os.makedirs(directory, exist_ok=True)
-            atomic_write_json(os.path.join(directory, "manifest.json"), {
-                "version": CONV_CACHE_VERSION, "network": config_to_dict(self.cfg.network),
-                "scales": list(f.scales), "max_side": f.max_side, "dtype": "float16"})
-        return directory
+        key = {"version": CONV_CACHE_VERSION, "trunk": self.cfg.network.trunk, "weights": network_digest(self.trunk),
+               "scales": list(f.scales), "max_side": f.max_side}
+        directory = keyed_directory(self.cache_root, f"conv5-{self.cfg.network.trunk}", key, describe={
+            **key, "network": config_to_dict(self.cfg.network), "dtype": "float16"})
+        return KeyedEntries(directory, key, what="conv5 cache entry")
 
     def conv_maps_fn(self, dataset):
-        """``fn(image_id) -> ConvMaps`` reading and filling the float16 conv5 cache (the
-        last image is kept in memory: both training passes ask for it repeatedly)."""
+        """``fn(image_id) -> ConvMaps`` reading and filling the float16 conv5 cache, each
+        entry keyed by its image's content (the last image is kept in memory: both training
+        passes ask for it repeatedly)."""
         from detect.features import ConvMaps
 
-        directory = self._conv_cache_dir()
+        entries = self._conv_entries()
         spp = self.extractor
         last = {"id": None, "maps": None}
 
         def maps_fn(image_id):
             if last["id"] != image_id:
-                path = os.path.join(directory, f"{image_id}.npz")
-                st = os.stat(dataset.image_path(image_id))
-                signature = np.array([st.st_size, st.st_mtime_ns], dtype=np.int64)
-                maps = None
-                if os.path.isfile(path):
-                    arrays = load_npz(path)
-                    if np.array_equal(arrays.get("signature"), signature):
-                        maps = ConvMaps.from_arrays(arrays)
-                if maps is None:
+                digest = file_digest(dataset.image_path(image_id))
+                arrays = entries.load(image_id, digest)
+                if arrays is not None:
+                    maps = ConvMaps.from_arrays(arrays)
+                else:
                     maps = spp.compute_maps(dataset.load_image(image_id))
-                    atomic_save_npz(path, signature=signature, **maps.to_arrays())
-                    # the same float16 rounding whether the maps were cached or not
-                    maps = ConvMaps.from_arrays(maps.to_arrays())
+                    entries.save(image_id, digest, **maps.to_arrays())
                 last["id"], last["maps"] = image_id, maps
             return last["maps"]
 

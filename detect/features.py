@@ -229,8 +229,10 @@ class SPPFeatures:
                 resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
                 x = self.trunk.normalize(_to_tensor(resized).to(self.device))
                 # channels-last memory, as the SPP kernel reads it; on a GPU it stays there
-                # and is pooled there (spatial_pyramid_pool_torch)
-                maps.append(self.trunk(x)[0])
+                # and is pooled there (spatial_pyramid_pool_torch). Rounded to float16, the
+                # precision of the training-time conv5 cache, so that training and testing
+                # pool the same values (the rounding keeps the memory format)
+                maps.append(self.trunk(x)[0].to(torch.float16).to(torch.float32))
                 factors.append((nw / w, nh / h))
         return ConvMaps(factors, maps)
 

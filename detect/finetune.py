@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from detect.boxes import box_iou
+from detect.faults import kill_point
 from detect.fileio import atomic_open
 
 __all__ = ["label_windows", "finetune_head"]
@@ -77,7 +78,14 @@ def finetune_head(head, pool_fn, dataset, proposals, cfg_finetune, seed: int = 0
     start = 0
     if checkpoint and os.path.isfile(checkpoint):
         # on the CPU: the generators' states must be CPU tensors; load_state_dict moves the rest
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError(f"expected a dict, got {type(state).__name__}")
+        except Exception as e:  # truncated or corrupt: start afresh (weights_only never runs code)
+            log.warning("%s: corrupt fine-tuning state (%s: %s); starting afresh", checkpoint, type(e).__name__, e)
+            os.remove(checkpoint)
+            state = {}
         if state.get("key") == key:
             head.load_state_dict(state["head"])
             opt.load_state_dict(state["optimizer"])
@@ -102,6 +110,7 @@ def finetune_head(head, pool_fn, dataset, proposals, cfg_finetune, seed: int = 0
     bar = tqdm(range(start, f.iterations), initial=start, total=f.iterations, desc="fine-tune fc",
                disable=not progress)
     for it in bar:
+        kill_point("finetune", it)
         if checkpoint and it > start and it % checkpoint_every == 0:
             save_state(it)  # the state before iteration ``it``
         if it == drop_at:

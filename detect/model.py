@@ -12,7 +12,17 @@ Layout (plain formats only, no pickle)::
         network.npz/.json   the trunk + fc head the features came from (absent when the
                             config's ImageNet weights reproduce it exactly)
         train_report.json   per-class positives, negatives, mining rounds, seconds
-        train.log           the training log
+        manifest.json       the seal, written last: the training key and the SHA-256 of
+                            every file above; the model's digest identifies it in results
+        train.log           the training log (not sealed)
+        work/               training checkpoints (positives, mining state; not sealed)
+
+A model directory is complete or unusable: :func:`save_model` first removes the seal, then
+writes the files (each atomically) and writes the seal last; :func:`load_model` refuses a
+directory whose seal is missing or whose files no longer match it (a retrain interrupted
+while writing, a truncated or edited file). Training writes nothing into the directory
+before its model files are ready, so an interrupted retrain leaves the previous model
+usable.
 """
 from __future__ import annotations
 
@@ -25,11 +35,12 @@ import numpy as np
 from detect.bbox_regression import BoxRegressor
 from detect.config import Config, load_config, save_config
 from detect.errors import UserError
-from detect.fileio import atomic_save_npz, atomic_write_json, atomic_write_text, load_npz
+from detect.fileio import (atomic_save_npz, atomic_write_json, atomic_write_text, load_npz, read_seal,
+                           seal_directory, unseal_directory)
 
-__all__ = ["DetectionModel", "save_model", "load_model"]
+__all__ = ["DetectionModel", "save_model", "load_model", "sealed_model_key"]
 
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
 
 
 @dataclass
@@ -45,10 +56,15 @@ class DetectionModel:
     regressor: BoxRegressor | None = None
     bbox_layer: str = "pool5"
     network_file: str | None = None  # path of the network weights (inside the model dir)
+    digest: str = ""  # the sealed content's digest (set by save_model / load_model)
 
 
-def save_model(model: DetectionModel, directory: str) -> None:
+def save_model(model: DetectionModel, directory: str, key: object = "") -> str:
+    """Write the model directory (see the module docstring) and seal it with ``key`` (what
+    the model was trained from); returns the model's digest."""
     os.makedirs(directory, exist_ok=True)
+    unseal_directory(directory)
+    files = ["config.yaml", "classes.txt", "svm.npz", "model.json"]
     save_config(model.config, os.path.join(directory, "config.yaml"))
     atomic_write_text(os.path.join(directory, "classes.txt"), "\n".join(model.classes) + "\n")
     atomic_save_npz(
@@ -59,14 +75,17 @@ def save_model(model: DetectionModel, directory: str) -> None:
     )
     if model.regressor is not None:
         atomic_save_npz(os.path.join(directory, "bbox_reg.npz"), **model.regressor.to_arrays())
+        files.append("bbox_reg.npz")
     network_file = None
     if model.network_file:
         network_file = os.path.relpath(os.path.abspath(model.network_file), os.path.abspath(directory))
+        files += [network_file, network_file + ".json"]
     atomic_write_json(
         os.path.join(directory, "model.json"),
         {
             "format_version": MODEL_FORMAT_VERSION,
             "method": model.config.features.method,
+            "levels": list(model.config.features.levels),
             "svm_layer": model.svm_layer,
             "bbox_layer": model.bbox_layer,
             "feature_dim": int(np.asarray(model.svm_weights).shape[1]),
@@ -75,40 +94,60 @@ def save_model(model: DetectionModel, directory: str) -> None:
             "network_file": network_file,
         },
     )
+    if os.path.isfile(os.path.join(directory, "train_report.json")):
+        files.append("train_report.json")
+    model.digest = seal_directory(directory, files, key)
+    return model.digest
+
+
+def sealed_model_key(directory: str) -> str | None:
+    """The key a complete, intact model directory was sealed with (None otherwise)."""
+    manifest, _ = read_seal(directory)
+    return None if manifest is None else manifest["key"]
 
 
 def load_model(directory: str) -> DetectionModel:
-    """Read a model directory; a missing or malformed part is a one-line UserError."""
+    """Read a model directory; a missing, incomplete or malformed part is a one-line
+    UserError."""
     meta_path = os.path.join(directory, "model.json")
     if not os.path.isfile(meta_path):
         raise UserError(f"{directory}: not a model directory (no model.json); train one with tools/train_svm.py")
+    manifest, reason = read_seal(directory)
+    if manifest is None:
+        raise UserError(f"not a usable model: {reason}; train it again with tools/train_svm.py")
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
         if meta.get("format_version") != MODEL_FORMAT_VERSION:
-            raise UserError(f"{meta_path}: unsupported model format {meta.get('format_version')!r}")
+            raise UserError(f"{meta_path}: unsupported model format {meta.get('format_version')!r} "
+                            f"(this version reads {MODEL_FORMAT_VERSION}); train the model again")
         cfg = load_config(os.path.join(directory, "config.yaml"))
         with open(os.path.join(directory, "classes.txt"), encoding="utf-8") as f:
             classes = tuple(line.strip() for line in f if line.strip())
         svm = load_npz(os.path.join(directory, "svm.npz"))
+        svm_weights, svm_bias, feature_scale = svm["weights"], svm["bias"], float(svm["feature_scale"])
         regressor = None
-        if meta.get("bbox_regression"):
+        if meta["bbox_regression"]:
             regressor = BoxRegressor.from_arrays(load_npz(os.path.join(directory, "bbox_reg.npz")))
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"{directory}: cannot read model ({e})") from None
-    network_file = meta.get("network_file")
+        svm_layer, feature_dim = meta["svm_layer"], int(meta["feature_dim"])
+        bbox_layer, network_file = meta["bbox_layer"], meta["network_file"]
+    except UserError:
+        raise
+    except Exception as e:  # whatever a damaged file raises: one line, never a traceback
+        raise UserError(f"{directory}: cannot read model ({type(e).__name__}: {e})") from None
     if network_file:
         network_file = os.path.join(directory, network_file)
-    if svm["weights"].shape != (len(classes), meta["feature_dim"]):
-        raise UserError(f"{directory}/svm.npz: weights shape {svm['weights'].shape} does not match classes.txt")
+    if svm_weights.shape != (len(classes), feature_dim) or svm_bias.shape != (len(classes),):
+        raise UserError(f"{directory}/svm.npz: weights shape {svm_weights.shape} does not match classes.txt")
     return DetectionModel(
         config=cfg,
         classes=classes,
-        svm_layer=meta["svm_layer"],
-        svm_weights=svm["weights"],
-        svm_bias=svm["bias"],
-        feature_scale=float(svm["feature_scale"]),
+        svm_layer=svm_layer,
+        svm_weights=svm_weights,
+        svm_bias=svm_bias,
+        feature_scale=feature_scale,
         regressor=regressor,
-        bbox_layer=meta.get("bbox_layer", "pool5"),
+        bbox_layer=bbox_layer,
         network_file=network_file,
+        digest=manifest["digest"],
     )

@@ -32,74 +32,101 @@ def _add_file_handler(path: str) -> logging.Handler:
     return handler
 
 
+def dataset_identity(dataset) -> list:
+    """What a dataset's outputs depend on: per image (in order), its id and the content
+    digests of its image and annotation files."""
+    from detect.fileio import file_digest
+
+    ids = list(dataset.image_ids)
+    return [[i, file_digest(dataset.image_path(i)),
+             file_digest(os.path.join(dataset.root, "Annotations", i + ".xml"))] for i in ids]
+
+
 def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None, progress: bool = True) -> str:
-    """Train SVMs (+ box regressors) for ``cfg``; returns the model directory."""
-    from detect.feature_sources import WindowFeatures
-    from detect.model import DetectionModel, save_model
+    """Train SVMs (+ box regressors) for ``cfg``; returns the model directory.
+
+    A model directory sealed by a run with the same key (the whole config, the training
+    images and annotations, the network's weights) is up to date and returned as it is;
+    otherwise the model is trained, resuming from ``work/`` when that holds checkpoints of
+    the same training, and the directory is rewritten and sealed (:mod:`detect.model`)."""
+    from detect.config import config_to_dict
+    from detect.feature_sources import WindowFeatures, network_digest
+    from detect.fileio import stable_hash, unseal_directory
+    from detect.model import DetectionModel, save_model, sealed_model_key
     from detect.training import train_detector
 
     out_dir = out_dir or os.path.join(cfg.output_dir, cfg.name, "model")
     os.makedirs(out_dir, exist_ok=True)
+    dataset = open_dataset(cfg, cfg.data.train_set, num_images)
+    features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
+    identity = dataset_identity(dataset)
+    model_key = {"config": config_to_dict(cfg), "data": identity,
+                 "network": network_digest(features.trunk, features.head), "layout": WORK_LAYOUT}
+    if sealed_model_key(out_dir) == stable_hash(model_key):
+        log.info("%s: up to date (trained with the same settings, data and network)", out_dir)
+        return out_dir
     handler = _add_file_handler(os.path.join(out_dir, "train.log"))
     try:
-        save_config(cfg, os.path.join(out_dir, "config.yaml"))
-        dataset = open_dataset(cfg, cfg.data.train_set, num_images)
         log.info("training %s on %s/%s: %d images, %d classes", cfg.name, cfg.data.root,
                  cfg.data.train_set, len(dataset), len(dataset.classes))
         t0 = time.perf_counter()
         store = build_proposal_store(cfg, dataset, progress)
         t_prop = time.perf_counter() - t0
-        features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
         work_dir = os.path.join(out_dir, "work")
-        _reset_stale_work_dir(work_dir, cfg, dataset, features)
+        _reset_stale_work_dir(work_dir, cfg, identity, model_key["network"])
         result = train_detector(cfg, dataset, store, features.feature_fn(dataset), work_dir, progress)
         result.report["seconds"]["proposals"] = t_prop
+        # from here on the directory is rewritten: unsealed until the new model is complete
+        unseal_directory(out_dir)
         network_file = features.save_network_if_needed(out_dir)
+        atomic_write_json(os.path.join(out_dir, "train_report.json"), result.report)
         model = DetectionModel(
             config=cfg, classes=tuple(dataset.classes), svm_layer=cfg.features.layer,
             svm_weights=result.svm_weights, svm_bias=result.svm_bias,
             feature_scale=result.feature_scale, regressor=result.regressor,
             bbox_layer=cfg.bbox_reg.layer, network_file=network_file)
-        save_model(model, out_dir)
-        atomic_write_json(os.path.join(out_dir, "train_report.json"), result.report)
-        log.info("model written to %s", out_dir)
+        save_model(model, out_dir, key=model_key)
+        log.info("model written to %s (digest %s)", out_dir, model.digest)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
     return out_dir
 
 
-def _resume_key(cfg: Config, sections, dataset, trunk, head, **extra) -> str:
+def _resume_key(cfg: Config, sections, identity, network: str, **extra) -> str:
     """A hash of everything a resumable stage's saved state depends on: the named config
-    sections, the seed, the image ids, the network's weights and ``extra``."""
+    sections, the seed, the images and annotations (:func:`dataset_identity`), the
+    network's digest and ``extra``."""
     from detect.config import config_to_dict
-    from detect.feature_sources import network_digest
     from detect.fileio import stable_hash
 
     return stable_hash({section: config_to_dict(getattr(cfg, section)) for section in sections}
-                       | {"seed": cfg.seed, "images": list(dataset.image_ids), "network": network_digest(trunk, head)}
+                       | {"seed": cfg.seed, "data": identity, "network": network}
                        | extra)
 
 
-def _reset_stale_work_dir(work_dir: str, cfg: Config, dataset, features) -> None:
+def _reset_stale_work_dir(work_dir: str, cfg: Config, identity, network: str) -> None:
     """The checkpoints in ``work_dir`` (positives, mining state) serve only a rerun of the
-    same training: features, network weights, SVM / regression settings, data and
-    proposals. A work directory left by other settings is emptied, so that a model
-    directory reused with a new config never trains on stale features."""
+    same training: features, network weights, SVM / regression settings, images and
+    annotations, proposals. A work directory left by other settings (or with an unreadable
+    key) is emptied, so that a model directory reused with a new config never trains on
+    stale features."""
     import json
     import shutil
 
-    key = _resume_key(cfg, ("data", "proposals", "features", "svm", "bbox_reg"), dataset, features.trunk,
-                      features.head, layout=WORK_LAYOUT)
+    key = _resume_key(cfg, ("data", "proposals", "features", "svm", "bbox_reg"), identity, network,
+                      layout=WORK_LAYOUT)
     key_path = os.path.join(work_dir, "key.json")
     if os.path.isdir(work_dir):
         old = None
-        if os.path.isfile(key_path):
+        try:
             with open(key_path, encoding="utf-8") as f:
                 old = json.load(f).get("key")
+        except (OSError, ValueError, AttributeError):
+            pass
         if old != key:
             if os.listdir(work_dir):
-                log.info("%s: left by other settings, starting afresh", work_dir)
+                log.info("%s: left by other settings or data, starting afresh", work_dir)
             shutil.rmtree(work_dir)
     os.makedirs(work_dir, exist_ok=True)
     if not os.path.isfile(key_path):
@@ -111,12 +138,17 @@ def _model_and_config(model_dir: str, method: str | None, config_path: str | Non
 
     model = load_model(model_dir)
     cfg = load_config(config_path, overrides, base=model.config)
-    if method is not None and method != model.config.features.method:
-        raise UserError(
-            f"{model_dir}: the model's SVMs were trained on {model.config.features.method!r} features; "
-            f"train a {method!r} model (--set features.method={method}) to test that method")
+    trained = model.config.features
+    for wanted, source in ((method, "--method"), (cfg.features.method, "features.method")):
+        if wanted is not None and wanted != trained.method:
+            raise UserError(
+                f"{model_dir}: {source}={wanted} but the model's SVMs were trained on {trained.method!r} features; "
+                f"train a {wanted!r} model (--set features.method={wanted}) to test that method")
     if cfg.features.layer != model.svm_layer:
         raise UserError(f"{model_dir}: features.layer={cfg.features.layer} differs from the trained {model.svm_layer}")
+    if tuple(cfg.features.levels) != tuple(trained.levels):
+        raise UserError(f"{model_dir}: features.levels={list(cfg.features.levels)} differs from the trained "
+                        f"{list(trained.levels)} (the SVMs read the pyramid in that order)")
     model.config = cfg
     return model, cfg
 
@@ -137,7 +169,13 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
     save_config(cfg, os.path.join(out_dir, "config.yaml"))
     store = build_proposal_store(cfg, dataset, progress)
     features = WindowFeatures.from_config(cfg, network_file=model.network_file)
-    dets, timings = run_test(model, features.extract, dataset, store, dataset.image_ids, out_dir, progress)
+    from detect.config import config_to_dict
+
+    # what every image's detections depend on besides the image itself
+    det_key = {"model": model.digest, "layout": 1,
+               **{s: config_to_dict(getattr(cfg, s)) for s in ("network", "proposals", "features", "test")}}
+    dets, timings = run_test(model, features.extract, dataset, store, dataset.image_ids, out_dir, progress,
+                             key=det_key)
     gt_boxes, gt_labels, gt_difficult = dataset.gt_lists()
     ev = eval_detection_voc(
         [d.boxes for d in dets], [d.labels for d in dets], [d.scores for d in dets],
@@ -151,6 +189,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
         "method": cfg.features.method,
         "config": cfg.name,
         "model": os.path.abspath(model_dir),
+        "model_digest": model.digest,
         "image_set": cfg.data.test_set,
         "num_images": len(dataset),
         "map": float(ev["map"]),
@@ -196,39 +235,44 @@ def pretrained_network_path(cfg: Config) -> str:
 
 def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -> dict:
     """Pretrain the configured trunk (multi-size; with ``compare`` also single-size) and
-    save the multi-size network; cached: a finished run with the same settings is reused."""
+    save the multi-size network; cached: a finished run with the same settings and
+    pretraining images is reused. The output directory is sealed (network, its
+    description, the report) with that key: a run killed while writing, or a network file
+    left by a run with other settings, is never reused."""
     import dataclasses
     import json
 
     from detect.config import config_to_dict
-    from detect.fileio import stable_hash
+    from detect.fileio import read_seal, seal_directory, stable_hash, unseal_directory
     from detect.pretrain import CropSampler, pretrain
     from detect.trunks import build_network, save_network
 
     if len(cfg.pretrain.image_scales) not in (0, 2):
         raise UserError(f"pretrain.image_scales: give two shorter-side bounds [lo, hi] or none, got {list(cfg.pretrain.image_scales)}")
     path = pretrained_network_path(cfg)
-    out_dir = os.path.dirname(path)
+    out_dir = os.path.dirname(os.path.abspath(path))
     report_path = os.path.join(out_dir, "pretrain_report.json")
-    key = stable_hash({"pretrain": config_to_dict(cfg.pretrain), "network": config_to_dict(cfg.network),
-                       "levels": list(cfg.features.levels), "data": cfg.pretrain.root or cfg.data.root,
-                       "seed": cfg.seed})
-    runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
-    runs = []  # finished runs with these settings are kept: only the missing ones train
-    if os.path.isfile(report_path) and os.path.isfile(path):
-        with open(report_path, encoding="utf-8") as f:
-            report = json.load(f)
-        if report.get("key") == key:
-            if {tuple(r["sizes"]) for r in report["runs"]} >= set(runs_wanted):
-                log.info("pretraining: reusing %s", path)
-                return report
-            runs = [r for r in report["runs"] if tuple(r["sizes"]) in runs_wanted]
-    done = {tuple(r["sizes"]) for r in runs}
-    os.makedirs(out_dir, exist_ok=True)
-    save_config(cfg, os.path.join(out_dir, "config.yaml"))
     data_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=cfg.pretrain.root)) if cfg.pretrain.root else cfg
     train_ds = open_dataset(data_cfg, cfg.pretrain.train_set)
     val_ds = open_dataset(data_cfg, cfg.pretrain.val_set)
+    key = stable_hash({"pretrain": config_to_dict(cfg.pretrain), "network": config_to_dict(cfg.network),
+                       "levels": list(cfg.features.levels), "classes": list(data_cfg.data.classes),
+                       "train": dataset_identity(train_ds), "val": dataset_identity(val_ds), "seed": cfg.seed})
+    sealed_files = [os.path.basename(path), os.path.basename(path) + ".json", os.path.basename(report_path)]
+    runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
+    runs = []  # finished runs with these settings are kept: only the missing ones train
+    manifest, _ = read_seal(out_dir)
+    if manifest is not None and manifest["key"] == stable_hash(key) and set(manifest["files"]) == set(sealed_files):
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+        if {tuple(r["sizes"]) for r in report["runs"]} >= set(runs_wanted):
+            log.info("pretraining: reusing %s", path)
+            return report
+        runs = [r for r in report["runs"] if tuple(r["sizes"]) in runs_wanted]
+    done = {tuple(r["sizes"]) for r in runs}
+    os.makedirs(out_dir, exist_ok=True)
+    unseal_directory(out_dir)
+    save_config(cfg, os.path.join(out_dir, "config.yaml"))
     p = cfg.pretrain
     train_sampler = CropSampler(train_ds, jitter=p.jitter, background_per_image=p.background_per_image)
     val_sampler = CropSampler(val_ds, jitter=p.jitter, background_per_image=p.background_per_image)
@@ -251,6 +295,7 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     report = {"key": key, "network": path, "classes": list(train_ds.classes), "runs": runs,
               "train_images": len(train_ds), "val_images": len(val_ds)}
     atomic_write_json(report_path, report)
+    seal_directory(out_dir, sealed_files, key)
     return report
 
 
@@ -284,7 +329,10 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
         head.to(extractor.device)
     # an interrupted run resumes from this checkpoint if it was fine-tuning the same thing
     checkpoint = os.path.splitext(out_path)[0] + "_state.pt"
-    key = _resume_key(cfg, ("data", "proposals", "features", "finetune"), dataset, features.trunk, head)
+    from detect.feature_sources import network_digest
+
+    key = _resume_key(cfg, ("data", "proposals", "features", "finetune"), dataset_identity(dataset),
+                      network_digest(features.trunk, head))
     report = finetune_head(head, pool_fn, dataset, store, cfg.finetune, seed=cfg.seed, progress=progress,
                            checkpoint=checkpoint, key=key)
     report["method"] = cfg.features.method

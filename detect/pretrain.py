@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from detect.boxes import box_iou
+from detect.faults import kill_point
 from detect.features import scaled_size, warp_windows
 from detect.spp import pool_whole_map, project_windows_to_map
 from detect.trunks import FCHead, Trunk
@@ -262,6 +263,7 @@ def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val
     bar = tqdm(range(epochs), desc=f"pretrain {'/'.join(map(str, sizes))}", disable=not progress)
     crop_epoch = 0
     for epoch in bar:
+        kill_point("pretrain", epoch)
         net.train()
         tally.update(total=0, correct=0, loss=0.0)
         if kinds[epoch] == "image":

@@ -3,8 +3,9 @@
 Per image: proposals (from the proposal store, timed when they were computed) -> window
 features (``extract_fn(image, boxes, layers) -> ({layer: [N, D]}, {stage: seconds})``)
 -> SVM scores -> box regression -> per-class NMS. Each image's detections and timings are
-written to ``out_dir/detections/<image_id>.npz`` as soon as they exist, so an interrupted
-run resumes where it stopped; the raw detections of the whole set are saved in
+written to ``out_dir/detections/<image_id>.npz`` as soon as they exist, keyed by the model,
+the test-time settings and the image, so an interrupted run resumes where it stopped and a
+run with another model or other settings recomputes; the raw detections of the whole set are saved in
 ``detections.npz`` so that evaluation can be re-run without the network.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ from tqdm import tqdm
 
 from detect.boxes import apply_bbox_deltas
 from detect.detector import Detections, concatenate_detections, detections_from_scores, score_windows
-from detect.fileio import atomic_save_npz, load_npz
+from detect.faults import kill_point
+from detect.fileio import KeyedEntries, atomic_save_npz, file_digest
 from detect.model import DetectionModel
 
 __all__ = ["ExtractFn", "detect_image", "model_layers", "score_and_regress", "run_test", "STAGES", "median_timings"]
@@ -95,15 +97,20 @@ def run_test(
     image_ids: Sequence[str],
     out_dir: str,
     progress: bool = True,
+    key: object = "",
 ) -> tuple[list[Detections], list[dict[str, float]]]:
-    """Detect on every image of ``image_ids`` (resumable); returns detections and timings."""
-    det_dir = os.path.join(out_dir, "detections")
-    os.makedirs(det_dir, exist_ok=True)
+    """Detect on every image of ``image_ids`` (resumable); returns detections and timings.
+
+    ``key`` names everything the detections depend on besides the image (the model's
+    digest, the test-time settings): each image's entry in ``out_dir/detections/`` is reused
+    only for the same key and the same image content (:class:`detect.fileio.KeyedEntries`)."""
+    entries = KeyedEntries(os.path.join(out_dir, "detections"), key, what="detection cache entry")
     all_dets, all_times = [], []
-    for image_id in tqdm(image_ids, desc="test", disable=not progress):
-        path = os.path.join(det_dir, f"{image_id}.npz")
-        if os.path.isfile(path):
-            z = load_npz(path)
+    for n, image_id in enumerate(tqdm(image_ids, desc="test", disable=not progress)):
+        kill_point("test", n)
+        digest = file_digest(dataset.image_path(image_id))
+        z = entries.load(image_id, digest)
+        if z is not None:
             det = Detections(z["boxes"], z["labels"], z["scores"])
             timings = dict(zip(STAGES, z["timings"].tolist()))
         else:
@@ -111,8 +118,8 @@ def run_test(
             image = dataset.load_image(image_id)
             det, timings = detect_image(model, extract_fn, image, boxes)
             timings["proposals"] = float(proposals.seconds(image_id))
-            atomic_save_npz(path, boxes=det.boxes, labels=det.labels, scores=det.scores,
-                            timings=np.array([timings.get(s, 0.0) for s in STAGES], np.float64))
+            entries.save(image_id, digest, boxes=det.boxes, labels=det.labels, scores=det.scores,
+                         timings=np.array([timings.get(s, 0.0) for s in STAGES], np.float64))
         all_dets.append(det)
         all_times.append(timings)
     atomic_save_npz(os.path.join(out_dir, "detections.npz"),

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from detect.bbox_regression import BoxRegressor, fit_box_regressor, select_regression_examples
 from detect.config import Config
 from detect.errors import UserError
-from detect.fileio import atomic_save_npz, load_npz
+from detect.faults import kill_point
+from detect.fileio import atomic_save_npz, load_npz_or_none
 from svm.mining import (HardNegativeMiner, compute_feature_scale, feature_norms, feature_scale_from_norms,
                         select_negative_candidates)
 
@@ -46,7 +47,9 @@ FeatureFn = Callable[[str, np.ndarray, Sequence[str]], dict]
 # proposals per image whose features are sampled to estimate the mean feature norm
 SCALE_SAMPLES_PER_IMAGE = 32
 # a mining checkpoint (the whole negative cache) is written when this much time has passed
-CHECKPOINT_SECONDS = 300.0
+# or this many images were mined since the last one, whichever comes first
+CHECKPOINT_SECONDS = 60.0
+CHECKPOINT_IMAGES = 50
 
 
 @dataclass
@@ -77,15 +80,17 @@ def collect_positives(
     float16 conv5 maps), ``reg_boxes``, ``reg_gt`` [M, 4], ``reg_labels`` [M]. Cached in
     ``work_dir/positives.npz``."""
     path = os.path.join(work_dir, "positives.npz")
-    if os.path.isfile(path):
+    stored = load_npz_or_none(path, "positives checkpoint")
+    if stored is not None:
         log.info("positives: reusing %s", path)
-        return load_npz(path)
+        return stored
     svm_layer, reg_layer = cfg.features.layer, cfg.bbox_reg.layer
     layers = (svm_layer,) if not cfg.bbox_reg.enabled else tuple(dict.fromkeys((svm_layer, reg_layer)))
     rng = np.random.default_rng(cfg.seed)
     parts: dict[str, list] = {k: [] for k in ("pos_features", "pos_labels", "scale_norms",
                                               "reg_features", "reg_boxes", "reg_gt", "reg_labels")}
-    for image_id in tqdm(dataset.image_ids, desc="positives", disable=not progress):
+    for n, image_id in enumerate(tqdm(dataset.image_ids, desc="positives", disable=not progress)):
+        kill_point("positives", n)
         ann = dataset.annotation(image_id)
         gt_boxes, gt_labels = _training_gt(ann, cfg.data.train_difficult)
         props = proposals[image_id]
@@ -145,19 +150,26 @@ def mine_svms(
     dim = positives["pos_features"].shape[1]
     ckpt_path = os.path.join(work_dir, "mining_state.npz")
     done = 0
-    if os.path.isfile(ckpt_path):
-        arrays = load_npz(ckpt_path)
-        meta = json.loads(arrays.pop("checkpoint_meta").tobytes().decode("utf-8"))
-        miner = HardNegativeMiner.from_state_dict(arrays, meta["miner"])
-        done = int(meta["images_done"])
-        log.info("mining: resuming after %d of %d images", done, len(dataset))
-    else:
+    miner = None
+    arrays = load_npz_or_none(ckpt_path, "mining checkpoint")
+    if arrays is not None:
+        try:
+            meta = json.loads(arrays.pop("checkpoint_meta").tobytes().decode("utf-8"))
+            miner = HardNegativeMiner.from_state_dict(arrays, meta["miner"])
+            done = int(meta["images_done"])
+            log.info("mining: resuming after %d of %d images", done, len(dataset))
+        except (KeyError, ValueError, TypeError) as e:
+            log.warning("%s: unusable mining checkpoint (%s: %s); mining from the first image",
+                        ckpt_path, type(e).__name__, e)
+            miner, done = None, 0
+    if miner is None:
         miner = HardNegativeMiner(num_classes, dim, cfg.svm, feature_scale=feature_scale)
         miner.add_positives(positives["pos_features"], positives["pos_labels"])
     ids = dataset.image_ids
     bar = tqdm(total=len(ids), initial=done, desc="mining", disable=not progress)
-    last_checkpoint = time.perf_counter()
+    last_checkpoint, last_done = time.perf_counter(), done
     for i in range(done, len(ids)):
+        kill_point("mining", i)
         image_id = ids[i]
         ann = dataset.annotation(image_id)
         props = proposals[image_id]
@@ -168,13 +180,14 @@ def mine_svms(
         feats = feature_fn(image_id, props, (layer,))[layer]
         miner.process_image(image_id, feats, candidates)
         bar.update(1)
-        if time.perf_counter() - last_checkpoint > CHECKPOINT_SECONDS and i + 1 < len(ids):
+        due = time.perf_counter() - last_checkpoint > CHECKPOINT_SECONDS or i + 1 - last_done >= CHECKPOINT_IMAGES
+        if due and i + 1 < len(ids):
             arrays, meta = miner.state_dict()
             # one file, written atomically: the miner's arrays and, as JSON bytes, how far
             # the pass got and the miner's metadata
             state = json.dumps({"images_done": i + 1, "miner": meta}).encode("utf-8")
             atomic_save_npz(ckpt_path, checkpoint_meta=np.frombuffer(state, dtype=np.uint8), **arrays)
-            last_checkpoint = time.perf_counter()
+            last_checkpoint, last_done = time.perf_counter(), i + 1
     bar.close()
     return miner.finish()
 

@@ -70,6 +70,7 @@ from proposals.config import ProposalConfig
 __all__ = [
     "BACKENDS",
     "IMPORTED_BACKEND",
+    "ALGORITHM_VERSION",
     "compute_proposals",
     "as_rgb_uint8",
     "selectivesearch_rect_to_xyxy",
@@ -84,6 +85,10 @@ log = logging.getLogger(__name__)
 BACKENDS = ("rcnn_fast", "opencv_fast", "opencv_quality", "selectivesearch")
 # not computed: R-CNN's published selective-search boxes, read by the store (proposals.matfile)
 IMPORTED_BACKEND = "rcnn_mat"
+# Version of what compute_proposals returns for given settings: bump it whenever a change
+# to the algorithm changes the boxes (or their order) for an unchanged ProposalConfig, so
+# that every cached proposal computed by the older code is recomputed.
+ALGORITHM_VERSION = 1
 
 
 def as_rgb_uint8(image) -> np.ndarray:

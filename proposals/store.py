@@ -1,22 +1,28 @@
-"""The proposal store: proposals of a whole image set, computed once, cached on disk.
+"""The proposal store: proposals of image sets, computed once, cached on disk per image.
 
 Layout::
 
     <cache_root>/<backend>-<key>/
-        manifest.json        settings, image count, cache version
-        <image_id>.npz       boxes float32 [N, 4] (internal convention), seconds (float)
+        manifest.json        the settings the key stands for (for people)
+        <image_id>.npz       boxes float32 [N, 4] (internal convention), seconds (float),
+                             and the digest of the image file they were computed from
 
 ``key`` hashes the proposal settings (the whole ``ProposalConfig``, nothing else from the
-experiment's config), the image list and every image file's size and modification time,
-and the cache version: change any of them and a new directory is used; nothing stale is
-ever served. Images are processed in parallel (``workers`` processes, one OpenCV thread
-each) with a progress bar; every image's file is written atomically as soon as it is
-done, so an interrupted build resumes with the images still missing.
+experiment's config), the cache version, the algorithm's version
+(:data:`proposals.selective_search.ALGORITHM_VERSION`) and, for ``rcnn_mat``, the ``.mat``
+files' names, sizes and modification times. It does not hash the image list: each entry is
+keyed by its own image's content (:class:`detect.fileio.KeyedEntries`), so any subset or
+superset of an image set shares the entries already computed, an edited image is
+recomputed, and a corrupt or truncated entry is recomputed with a warning naming it.
+Images are processed in parallel (``workers`` processes, one OpenCV thread each) with a
+progress bar; every image's entry is written atomically as soon as it is done, so an
+interrupted build resumes with the images still missing, and two processes building the
+same store at once never corrupt it.
 
 With ``backend = "rcnn_mat"`` nothing is computed: the boxes come from R-CNN's published
 ``.mat`` files (``cfg.mat_path``, see :mod:`proposals.matfile`), capped at ``max_boxes``
-in the file's order, and the key also covers those files' names, sizes and modification
-times. Their compute time is unknown: :meth:`ProposalStore.seconds` gives NaN for them.
+in the file's order. Their compute time is unknown: :meth:`ProposalStore.seconds` gives
+NaN for them.
 """
 from __future__ import annotations
 
@@ -30,17 +36,18 @@ import numpy as np
 from tqdm import tqdm
 
 from detect.errors import ProposalError
-from detect.fileio import atomic_save_npz, atomic_write_json, load_npz, stable_hash
+from detect.faults import kill_point
+from detect.fileio import KeyedEntries, file_digest, keyed_directory
 from proposals.config import ProposalConfig
 from proposals.matfile import load_rcnn_mat, mat_files
-from proposals.selective_search import BACKENDS, IMPORTED_BACKEND
+from proposals.selective_search import ALGORITHM_VERSION, BACKENDS, IMPORTED_BACKEND
 
 __all__ = ["ProposalStore", "CACHE_VERSION"]
 
 log = logging.getLogger(__name__)
 
-# 2: R-CNN's ranking with the whole image at level 1, per (colour space, k) group
-CACHE_VERSION = 2
+# 3: one entry per image keyed by the image's content (no image list in the key)
+CACHE_VERSION = 3
 
 
 def _config_dict(cfg: ProposalConfig) -> dict:
@@ -53,12 +60,19 @@ def _file_signature(path: str) -> list:
     try:
         st = os.stat(path)
     except OSError:
-        raise ProposalError(f"{path}: image file not found") from None
+        raise ProposalError(f"{path}: file not found") from None
     return [os.path.basename(path), st.st_size, st.st_mtime_ns]
 
 
-def _compute_one(args) -> tuple[str, np.ndarray, float]:
-    image_id, path, cfg, out_path = args
+def _image_digest(path: str) -> str:
+    try:
+        return file_digest(path)
+    except OSError:
+        raise ProposalError(f"{path}: image file not found") from None
+
+
+def _compute_one(args) -> str:
+    image_id, path, cfg, directory, key, digest = args
     from detect.voc import load_image
     from proposals.selective_search import compute_proposals
 
@@ -66,8 +80,8 @@ def _compute_one(args) -> tuple[str, np.ndarray, float]:
     t0 = time.perf_counter()
     boxes = compute_proposals(image, cfg)
     seconds = time.perf_counter() - t0
-    atomic_save_npz(out_path, boxes=boxes, seconds=np.float64(seconds))
-    return image_id, boxes, seconds
+    KeyedEntries(directory, key).save(image_id, digest, boxes=boxes, seconds=np.float64(seconds))
+    return image_id
 
 
 def _mat_path(cfg: ProposalConfig) -> str:
@@ -78,12 +92,14 @@ def _mat_path(cfg: ProposalConfig) -> str:
 
 
 def _import_mat(cfg: ProposalConfig, todo: list, bar) -> None:
-    """Write the cache files of the ``todo`` images from the ``.mat`` files, one file at a
+    """Write the cache entries of the ``todo`` images from the ``.mat`` files, one file at a
     time (R-CNN's VOC 2007 test file holds about 10 million boxes)."""
-    missing = {item[0]: item[3] for item in todo}
+    missing = {item[0]: item for item in todo}
     for path in mat_files(_mat_path(cfg)):
         for image_id, boxes in load_rcnn_mat(path, missing).items():
-            atomic_save_npz(missing.pop(image_id), boxes=boxes[: cfg.max_boxes], seconds=np.float64(np.nan))
+            _, _, _, directory, key, digest = missing.pop(image_id)
+            KeyedEntries(directory, key).save(image_id, digest, boxes=boxes[: cfg.max_boxes],
+                                              seconds=np.float64(np.nan))
             bar.update(1)
         if not missing:
             return
@@ -100,23 +116,21 @@ def _init_worker() -> None:
 class ProposalStore:
     """Cached proposals of an image set; ``store[image_id]`` -> float32 [N, 4]."""
 
-    def __init__(self, directory: str, image_ids: Sequence[str]):
+    def __init__(self, directory: str, image_ids: Sequence[str], key: str = "", digests: Sequence[str] = ()):
         self.directory = directory
         self.image_ids = list(image_ids)
+        self._entries = KeyedEntries(directory, key, what="proposal cache entry")
+        self._digests = dict(zip(self.image_ids, digests))
         self._index = set(self.image_ids)
 
     @staticmethod
-    def cache_key(cfg: ProposalConfig, image_ids: Sequence[str], image_paths: Sequence[str]) -> str:
-        """Hash of the settings, the images (ids, file sizes and times), the cache version
-        and, for ``rcnn_mat``, the ``.mat`` files."""
-        key = {
-            "version": CACHE_VERSION,
-            "proposals": _config_dict(cfg),
-            "images": [[i] + _file_signature(p) for i, p in zip(image_ids, image_paths)],
-        }
+    def cache_key(cfg: ProposalConfig) -> dict:
+        """What every entry of the store depends on besides its own image: the settings,
+        the cache and algorithm versions and, for ``rcnn_mat``, the ``.mat`` files."""
+        key = {"version": CACHE_VERSION, "algorithm": ALGORITHM_VERSION, "proposals": _config_dict(cfg)}
         if cfg.backend == IMPORTED_BACKEND:
             key["mat_files"] = [_file_signature(f) for f in mat_files(_mat_path(cfg))]
-        return stable_hash(key)
+        return key
 
     @classmethod
     def build(
@@ -134,20 +148,12 @@ class ProposalStore:
         if cfg.backend not in BACKENDS + (IMPORTED_BACKEND,):
             raise ProposalError(f"proposals.backend: unknown backend {cfg.backend!r} "
                                 f"(known: {', '.join(BACKENDS + (IMPORTED_BACKEND,))})")
-        key = cls.cache_key(cfg, image_ids, image_paths)
-        directory = os.path.join(cache_root, f"{cfg.backend}-{key}")
-        os.makedirs(directory, exist_ok=True)
-        manifest = os.path.join(directory, "manifest.json")
-        if not os.path.isfile(manifest):
-            atomic_write_json(manifest, {
-                "cache_version": CACHE_VERSION,
-                "proposals": _config_dict(cfg),
-                "num_images": len(image_ids),
-                "first_image": image_ids[0] if len(image_ids) else None,
-            })
-        store = cls(directory, image_ids)
-        todo = [(i, p, cfg, store._path(i)) for i, p in zip(image_ids, image_paths)
-                if not os.path.isfile(store._path(i))]
+        key = cls.cache_key(cfg)
+        directory = keyed_directory(cache_root, cfg.backend, key)
+        digests = [_image_digest(p) for p in image_paths]
+        store = cls(directory, image_ids, key, digests)
+        todo = [(i, p, cfg, directory, key, d) for i, p, d in zip(image_ids, image_paths, digests)
+                if store._entries.load(i, d) is None]
         if todo:
             log.info("proposals (%s): %d of %d images to compute in %s", cfg.backend, len(todo),
                      len(image_ids), directory)
@@ -159,27 +165,26 @@ class ProposalStore:
                 elif workers > 1 and len(todo) > 1:
                     ctx = mp.get_context("spawn")  # safe whatever threads the parent runs
                     with ctx.Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
-                        for _ in pool.imap_unordered(_compute_one, todo, chunksize=1):
+                        for n, _ in enumerate(pool.imap_unordered(_compute_one, todo, chunksize=1)):
                             bar.update(1)
+                            kill_point("proposals", n)
                 else:
-                    for item in todo:
+                    for n, item in enumerate(todo):
                         _compute_one(item)
                         bar.update(1)
+                        kill_point("proposals", n)
             finally:
                 bar.close()
         return store
 
-    def _path(self, image_id: str) -> str:
-        return os.path.join(self.directory, f"{image_id}.npz")
-
     def _load(self, image_id: str) -> dict:
         if image_id not in self._index:
             raise KeyError(f"{image_id}: not in this proposal store")
-        path = self._path(image_id)
-        try:
-            return load_npz(path)
-        except (OSError, ValueError) as e:
-            raise ProposalError(f"{path}: unreadable proposal cache file ({e}); delete it to recompute") from None
+        arrays = self._entries.load(image_id, self._digests.get(image_id, ""))
+        if arrays is None:
+            raise ProposalError(f"{self._entries.path(image_id)}: proposal cache entry missing or changed "
+                                "while in use (another process rebuilding the store?); run again")
+        return arrays
 
     def __getitem__(self, image_id: str) -> np.ndarray:
         return self._load(image_id)["boxes"].astype(np.float32).reshape(-1, 4)

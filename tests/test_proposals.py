@@ -173,10 +173,12 @@ def test_store_caches_and_keys(tmp_path):
     assert same.directory == store.directory
     other = ProposalStore.build(ProposalConfig(max_boxes=5), ids, paths, str(tmp_path / "cache"), workers=1, progress=False)
     assert other.directory != store.directory and len(other["im0"]) <= 5
-    # an edited image changes the key
+    # an edited image is recomputed in the same store (entries are keyed by image content)
     cv2.imwrite(paths[0], blocks_image()[::-1].copy())
     os.utime(paths[0], ns=(1, 1))
-    assert ProposalStore.cache_key(cfg, ids, paths) != os.path.basename(store.directory).split("-", 1)[1]
+    edited = ProposalStore.build(cfg, ids, paths, str(tmp_path / "cache"), workers=1, progress=False)
+    assert edited.directory == store.directory
+    np.testing.assert_array_equal(edited["im0"], compute_proposals(blocks_image()[::-1].copy()[:, :, ::-1]))
     with pytest.raises(KeyError):
         store["nope"]
     with pytest.raises(ProposalError, match="image file not found"):

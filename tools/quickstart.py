@@ -12,9 +12,10 @@
 5. draws the 1-scale model's detections on one test image (``tools/demo.py``);
 
 and prints one table: mAP, seconds per image and R-CNN's time over each method's. Every
-stage is cached (data, pretrained network, proposals, conv5 maps, models and results,
-each keyed by its settings), so a second run takes seconds; ``--force-test`` re-runs the
-tests. Outputs go to ``<output_dir>/<name>/``.
+stage is cached (data, pretrained network, proposals, conv5 maps, models and per-image
+detections, each keyed by its settings, inputs and network; see detect/fileio.py), so a
+second run takes seconds; ``--force-test`` recomputes the detections. Outputs go to
+``<output_dir>/<name>/``.
 
 Example::
 
@@ -25,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
 
-from detect.cli import DEFAULT_CONFIG, add_config_arguments, config_from_args, run_tool, setup_logging
+from detect.cli import (BUILTIN_FIVE_SCALES, DEFAULT_CONFIG, add_config_arguments, config_from_args, run_tool,
+                        setup_logging)
 
 BUILTIN_SEED = 0
 PRETRAIN_SEED = 1
@@ -38,7 +39,6 @@ PRETRAIN_SEED = 1
 # default model may score nothing above the margin's negative side, -1)
 DEMO_THRESHOLD = float("-inf")
 DEMO_TOP = 5
-FIVE_SCALES = (336, 400, 480, 608, 832)  # the paper's {480, 576, 688, 864, 1200} times 480 / 688
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,48 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrain-images", type=int, default=800,
                         help="trainval images of the pretraining dataset; a quarter as many more for its "
                              "validation (default: %(default)s)")
-    parser.add_argument("--five-scales", type=int, nargs="+", default=list(FIVE_SCALES),
+    parser.add_argument("--five-scales", type=int, nargs="+", default=list(BUILTIN_FIVE_SCALES),
                         help="scales of the multi-scale test (default: %(default)s)")
     parser.add_argument("--force-test", action="store_true", help="re-run the tests even when results exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
-def _stamp_matches(path: str, key: str) -> bool:
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("key") == key
+def _test(model_dir: str, out_dir: str, overrides, force: bool, progress: bool) -> dict:
+    """pipeline.test: per-image detections are reused when the model, the settings and the
+    image are the same (``--force-test`` deletes them first)."""
+    import shutil
 
-
-def _train_cached(cfg, out_dir: str, progress: bool) -> str:
-    """pipeline.train unless a finished model with the same settings is there."""
-    from detect.config import config_to_dict
-    from detect.fileio import atomic_write_json, stable_hash
-    from detect.pipeline import train
-
-    key = stable_hash(config_to_dict(cfg))
-    stamp = os.path.join(out_dir, "quickstart_stamp.json")
-    if _stamp_matches(stamp, key) and os.path.isfile(os.path.join(out_dir, "train_report.json")):
-        return out_dir
-    train(cfg, out_dir=out_dir, progress=progress)
-    atomic_write_json(stamp, {"key": key})
-    return out_dir
-
-
-def _test_cached(model_dir: str, out_dir: str, overrides, force: bool, progress: bool) -> dict:
-    from detect.fileio import atomic_write_json, stable_hash
     from detect.pipeline import test
 
-    key = stable_hash({"model": os.path.abspath(model_dir), "overrides": list(overrides),
-                       "trained": os.path.getmtime(os.path.join(model_dir, "train_report.json"))})
-    stamp = os.path.join(out_dir, "quickstart_stamp.json")
-    results_path = os.path.join(out_dir, "results.json")
-    if not force and _stamp_matches(stamp, key) and os.path.isfile(results_path):
-        with open(results_path, encoding="utf-8") as f:
-            return json.load(f)
+    if force:
+        shutil.rmtree(os.path.join(out_dir, "detections"), ignore_errors=True)
     results, _ = test(model_dir, out_dir=out_dir, overrides=list(overrides), progress=progress)
-    atomic_write_json(stamp, {"key": key})
     print(results.pop("table"))
     return results
 
@@ -113,7 +88,7 @@ def main(argv=None) -> int:
         t_start = time.perf_counter()
         cfg = config_from_args(args)
         progress = not args.quiet
-        from detect.pipeline import demo, pretrained_network_path, run_pretraining
+        from detect.pipeline import demo, pretrained_network_path, run_pretraining, train
         from detect.synthetic import generate_synthetic_voc
 
         n = args.detect_images
@@ -134,8 +109,9 @@ def main(argv=None) -> int:
 
         spp_cfg = dataclasses.replace(base, features=dataclasses.replace(base.features, method="spp"))
         rcnn_cfg = dataclasses.replace(base, features=dataclasses.replace(base.features, method="rcnn"))
-        spp_model = _train_cached(spp_cfg, os.path.join(out_root, "spp", "model"), progress)
-        rcnn_model = _train_cached(rcnn_cfg, os.path.join(out_root, "rcnn", "model"), progress)
+        # each model directory is sealed with its training key: an up-to-date one is reused
+        spp_model = train(spp_cfg, out_dir=os.path.join(out_root, "spp", "model"), progress=progress)
+        rcnn_model = train(rcnn_cfg, out_dir=os.path.join(out_root, "rcnn", "model"), progress=progress)
         t_train = time.perf_counter()
 
         five = "[" + ",".join(str(s) for s in args.five_scales) + "]"
@@ -146,7 +122,7 @@ def main(argv=None) -> int:
         ]
         rows = []
         for name, model_dir, out_dir, overrides in runs:
-            res = _test_cached(model_dir, out_dir, overrides, args.force_test, progress)
+            res = _test(model_dir, out_dir, overrides, args.force_test, progress)
             rows.append({"name": name, "map": res["map"], "seconds": res["seconds_per_image"]["total_excluding_proposals"],
                          "results": os.path.join(out_dir, "results.json")})
         t_test = time.perf_counter()
