@@ -339,7 +339,7 @@ FRACTION = number(0, 1)  # probabilities, fractions and IoU thresholds
 POSITIVE_FRACTION = number(0, 1, lo_open=True)
 FEATURE_LAYERS = Choice(("pool5", "fc6", "fc7"), "layer")
 # detect.trunks.TRUNKS (a test keeps the two equal; detect.trunks imports torch)
-TRUNK_NAMES = ("compact", "zf5", "alexnet", "vgg16")
+TRUNK_NAMES = ("compact", "zf5", "alexnet", "vgg16", "efficientnet_lite0")
 # the colour spaces proposals/selective_search.py converts to
 COLOR_SPACES = ("hsv", "lab", "rgb")
 DEVICE = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"cpu|cuda(:[0-9]+)?", v) is not None,
