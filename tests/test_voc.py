@@ -122,3 +122,98 @@ def test_infer_classes(tmp_path):
     os.remove(os.path.join(root, "ImageSets/Main/dog_trainval.txt"))
     with pytest.raises(DatasetError, match="infer the classes"):
         infer_classes(root)
+
+
+def test_image_ids_must_be_plain_names(tmp_path):
+    root = make_voc(tmp_path)
+    image_set = tmp_path / "VOC2007/ImageSets/Main/trainval.txt"
+    for bad in ("../../x", "/abs/x", "a\\b", "..", "."):
+        image_set.write_text(f"000001\n\n{bad}\n")
+        with pytest.raises(DatasetError, match=r"trainval\.txt:3: image id .* is not a plain file name"):
+            read_image_set(root, "trainval")
+    image_set.write_text("000001\n000002\n000001\n")
+    with pytest.raises(DatasetError, match=r"trainval\.txt:3: duplicate image id '000001' \(first on line 1\)"):
+        read_image_set(root, "trainval")
+    image_set.write_text("000001  1\n\n000002 -1\n")  # class-set columns and blank lines
+    assert read_image_set(root, "trainval") == ["000001", "000002"]
+
+
+def test_empty_image_set(tmp_path):
+    root = make_voc(tmp_path)
+    (tmp_path / "VOC2007/ImageSets/Main/trainval.txt").write_text("\n   \n")
+    with pytest.raises(DatasetError, match=r"trainval\.txt: image set 'trainval' lists no image ids"):
+        VOCDataset(root, "trainval")
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ("<width>100</width>", "<width>nan</width>", "size/width"),
+    ("<height>80</height>", "<height>inf</height>", "size/height"),
+    ("<xmin>1</xmin>", "<xmin>-inf</xmin>", r"object\[0\]/bndbox/xmin"),
+    ("<ymax>80</ymax>", "<ymax>NaN</ymax>", r"object\[1\]/bndbox/ymax"),
+])
+def test_non_finite_numbers_in_xml(tmp_path, old, new, field):
+    xml = XML.format(a="cat", xmax=60)
+    assert old in xml
+    (tmp_path / "a.xml").write_text(xml.replace(old, new))
+    with pytest.raises(DatasetError, match=rf"a\.xml: field {field} is not a finite number"):
+        parse_voc_xml(str(tmp_path / "a.xml"), ("cat", "dog"))
+
+
+def test_float_and_other_pixel_types(tmp_path):
+    rgb = np.zeros((4, 5, 3), np.float32)
+    rgb[..., 0] = 1.0  # red, as floats in [0, 1]
+    rgb[..., 1] = 0.5
+    cv2.imwrite(str(tmp_path / "f.tif"), np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV writes BGR
+    out = load_image(str(tmp_path / "f.tif"))
+    assert out.dtype == np.uint8 and out.shape == (4, 5, 3)
+    assert (out[..., 0] == 255).all() and (out[..., 1] == 128).all() and (out[..., 2] == 0).all()
+    cv2.imwrite(str(tmp_path / "big.tif"), np.full((4, 5), 300.0, np.float32))
+    with pytest.raises(DatasetError, match=r"big\.tif: float32 pixels with values in \[300, 300\]"):
+        load_image(str(tmp_path / "big.tif"))
+    cv2.imwrite(str(tmp_path / "nan.tif"), np.full((4, 5), np.nan, np.float32))
+    with pytest.raises(DatasetError, match=r"nan\.tif: float32 pixels with non-finite values"):
+        load_image(str(tmp_path / "nan.tif"))
+    cv2.imwrite(str(tmp_path / "s.tif"), np.full((4, 5, 3), -3, np.int16))
+    with pytest.raises(DatasetError, match=r"s\.tif: int16 pixels are not supported"):
+        load_image(str(tmp_path / "s.tif"))
+    cv2.imwrite(str(tmp_path / "w.png"), np.full((4, 5, 3), 65535, np.uint16))
+    assert (load_image(str(tmp_path / "w.png")) == 255).all()
+
+
+def test_tiff_images_are_found(tmp_path):
+    root = make_voc(tmp_path, image=False)
+    cv2.imwrite(str(tmp_path / "VOC2007/JPEGImages/000001.tif"), np.full((80, 100, 3), 0.25, np.float32))
+    ds = VOCDataset(root, "trainval")
+    assert ds.image_path("000001").endswith(".tif")
+    assert (ds.load_image("000001") == 64).all()
+
+
+def _config(root, classes=()):
+    from detect.config import load_config
+
+    return load_config(None, [f"data.root={root}", f"data.classes=[{', '.join(classes)}]"])
+
+
+def test_training_on_a_subset_of_the_classes(tmp_path, caplog):
+    from detect.stages import open_dataset
+
+    xml = XML.format(a="cat", xmax=60).replace("</annotation>", """  <object><name>bird</name>
+    <bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax><ymax>30</ymax></bndbox></object>
+</annotation>""")
+    root = make_voc(tmp_path, xml=xml)
+    with caplog.at_level(logging.INFO, logger="detect.stages"):
+        ds = open_dataset(_config(root, ["dog"]), "trainval")
+    a = ds.annotation("000001")
+    assert ds.classes == ("dog",) and a.labels.tolist() == [0]
+    np.testing.assert_array_equal(a.boxes, [[49, 39, 60, 80]])
+    assert a.ignored_classes == ("cat", "bird")
+    lines = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert lines == [f"{root}/trainval: ignored 2 objects of 2 classes not in data.classes: bird (1), cat (1)"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="detect.stages"):
+        open_dataset(_config(root, ["bird", "cat", "dog"]), "trainval")
+    assert "ignored" not in caplog.text
+    # classes inferred from the dataset (cat, dog): an unknown class name stays an error,
+    # raised when the dataset is opened, before any long stage
+    with pytest.raises(DatasetError, match=r"000001\.xml: object\[2\]/name: unknown class 'bird'"):
+        open_dataset(_config(root), "trainval")
