@@ -9,7 +9,13 @@ import pytest
 from detect.errors import DatasetError, ProposalError
 from proposals import BACKENDS, ProposalConfig, ProposalStore, compute_proposals
 from proposals.recall import average_recall, best_overlaps, recall_at, recall_vs_boxes
-from proposals.selective_search import rank_groups, selectivesearch_rect_to_xyxy, stable_order, unique_boxes
+from proposals.selective_search import (
+    FAST_STRATEGIES, adjacent_pairs, colour_space_image, felzenszwalb_segments, hierarchical_grouping,
+    hierarchical_grouping_reference, rank_groups, rcnn_fast_hierarchies, region_features, selectivesearch_rect_to_xyxy,
+    stable_order, unique_boxes)
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOC_PHOTOS = os.path.normpath(os.path.join(PROJECT, "..", "shared", "datasets", "voc-photos-dev", "VOC2007"))
 
 
 def blocks_image(h=120, w=160):
@@ -31,19 +37,40 @@ def test_unique_and_stable_order():
     assert len(a) == 3
 
 
-def rank_groups_reference(groups):
+def rank_groups_reference(groups, levels=None):
     """R-CNN's ranking written out box by box: in each group level 1 for the largest area
-    and priority = hash(box, group) * level; a box keeps its best priority; ascending."""
+    (or the given level) and priority = hash(box, group) * level; a box keeps its best
+    priority; ascending."""
     from proposals.selective_search import _hash_uniform
 
     best = {}
     for g, group in enumerate(groups):
-        unique = sorted({tuple(float(v) for v in b) for b in group})
-        by_size = sorted(unique, key=lambda b: (-(b[2] - b[0]) * (b[3] - b[1]), b))
-        for level, b in enumerate(by_size, start=1):
+        if levels is None:
+            unique = sorted({tuple(float(v) for v in b) for b in group})
+            by_size = sorted(unique, key=lambda b: (-(b[2] - b[0]) * (b[3] - b[1]), b))
+            pairs = [(b, level) for level, b in enumerate(by_size, start=1)]
+        else:
+            pairs = [(tuple(float(v) for v in b), float(level)) for b, level in zip(group, levels[g])]
+        for b, level in pairs:
             priority = float(_hash_uniform(np.array([b], np.float32), g)[0]) * level
             best[b] = min(best.get(b, np.inf), priority)
     return np.array(sorted(best, key=lambda b: (best[b], b)), np.float32).reshape(-1, 4)
+
+
+def test_rank_groups_with_given_levels():
+    rng = np.random.default_rng(5)
+    shared = random_boxes(rng, 50)
+    groups = [np.concatenate([random_boxes(rng, 200), shared]) for _ in range(3)]
+    levels = [rng.integers(1, 400, len(g)).astype(np.float64) for g in groups]
+    ordered = rank_groups(groups, levels)
+    np.testing.assert_array_equal(ordered, rank_groups_reference(groups, levels))
+    # the levels decide: a group whose levels are all 1 fills the front of the order
+    levels[1][:] = 1.0
+    front = rank_groups(groups, levels)[:100]
+    from_group_1 = (front[:, None, :] == groups[1][None]).all(axis=2).any(axis=1)
+    assert from_group_1.mean() > 0.9
+    with pytest.raises(ValueError, match="levels"):
+        rank_groups(groups, [lv[:-1] for lv in levels])
 
 
 def random_boxes(rng, n):
@@ -215,3 +242,131 @@ def test_non_image_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"plain text")
     with pytest.raises(DatasetError, match=r"bad\.jpg: not a readable image"):
         ProposalStore.build(ProposalConfig(), ["bad"], [str(bad)], str(tmp_path / "c"), workers=1, progress=False)
+
+
+def random_regions(seed, h=36, w=48, cells=(6, 8), colours=5):
+    """A small image made of blocks in a few colours with noise, and its segmentation."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 256, (colours, 3))
+    blocks = rng.integers(0, colours, cells)
+    img = palette[cv2.resize(blocks.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)]
+    img = np.clip(img + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
+    return img, felzenszwalb_segments(img, 50, 0.8, 10)
+
+
+def test_region_features_match_a_loop_over_regions():
+    img, labels = random_regions(0)
+    f = region_features(labels, img)
+    n = labels.max() + 1
+    assert n >= 5 and f["colour"].shape == (n, 75) and f["texture"].shape == (n, 240)
+    for r in range(n):
+        ys, xs = np.nonzero(labels == r)
+        assert f["size"][r] == len(ys)
+        np.testing.assert_array_equal(f["boxes"][r], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        # 25 equal bins over 0..255 per channel: value v falls in bin floor(v * 25 / 256)
+        expect = np.concatenate([np.histogram(img[ys, xs, c], bins=np.linspace(0, 256, 26))[0] for c in range(3)])
+        np.testing.assert_allclose(f["colour"][r], expect / expect.sum())
+    np.testing.assert_allclose(f["texture"].sum(axis=1), 1.0)
+    # a flat region has all its gradient responses in the lowest bin
+    flat = np.full((20, 30, 3), 90, np.uint8)
+    t = region_features(np.zeros((20, 30), np.int32), flat)["texture"]
+    np.testing.assert_allclose(t[0, ::10], 1 / 24)
+
+
+def test_adjacent_pairs_and_consecutive_labels():
+    labels = np.array([[0, 0, 1], [2, 2, 1], [2, 3, 3]], np.int32)
+    np.testing.assert_array_equal(adjacent_pairs(labels), [[0, 1], [0, 2], [1, 2], [1, 3], [2, 3]])
+    assert adjacent_pairs(np.zeros((3, 3), np.int32)).shape == (0, 2)
+    _, seg = random_regions(1)
+    assert seg.min() == 0 and len(np.unique(seg)) == seg.max() + 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("strategy", FAST_STRATEGIES + (("size",), ("fill",)))
+def test_hierarchical_grouping_matches_reference(seed, strategy):
+    img, labels = random_regions(seed)
+    f, pairs = region_features(labels, img), adjacent_pairs(labels)
+    area = float(labels.size)
+    fast = hierarchical_grouping(f, pairs, area, strategy)
+    np.testing.assert_array_equal(fast, hierarchical_grouping_reference(f, pairs, area, strategy))
+    n = len(f["size"])
+    assert fast.shape == (n - 1, 4)
+    np.testing.assert_array_equal(fast[-1], [0, 0, 48, 36])  # the last merge is the whole image
+    # a merged box is at least as large as the smallest region
+    assert ((fast[:, 2] - fast[:, 0]) * (fast[:, 3] - fast[:, 1]) >= f["size"].min()).all()
+
+
+def test_hierarchical_grouping_merges_the_most_similar_first():
+    # three flat regions: left and middle have the same colour, right another one
+    img = np.zeros((10, 30, 3), np.uint8)
+    img[:, :10] = (200, 10, 10)
+    img[:, 10:20] = (200, 10, 10)
+    img[:, 20:] = (10, 10, 200)
+    labels = np.repeat(np.repeat(np.array([[0, 1, 2]], np.int32), 10, axis=1), 10, axis=0)
+    f = region_features(labels, img)
+    merged = hierarchical_grouping(f, adjacent_pairs(labels), 300.0, ("colour",))
+    np.testing.assert_array_equal(merged, [[0, 0, 20, 10], [0, 0, 30, 10]])
+    assert hierarchical_grouping(f, np.zeros((0, 2), np.int64), 300.0, ("colour",)).shape == (0, 4)
+
+
+def test_rcnn_fast_levels_count_back_from_the_top():
+    img, _ = random_regions(3, 60, 80)
+    hierarchies = rcnn_fast_hierarchies(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), ProposalConfig())
+    assert len(hierarchies) == 8  # 2 colour spaces x 2 k x 2 strategies
+    for boxes, levels in hierarchies:
+        n = (len(boxes) + 1) // 2  # R initial segments and R - 1 merges
+        np.testing.assert_array_equal(levels[:n], n)
+        np.testing.assert_array_equal(levels[n:], np.arange(n - 1, 0, -1))
+        np.testing.assert_array_equal(boxes[-1], [0, 0, 80, 60])  # level 1: the whole image
+
+
+def test_hsv_uses_the_full_hue_range():
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:, :2] = (255, 0, 128)  # RGB: a pink whose hue is about 330 degrees
+    hsv = colour_space_image(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), "hsv")
+    assert 225 <= hsv[0, 0, 0] <= 240  # 330 / 360 * 256 (OpenCV's plain HSV would say 165)
+    with pytest.raises(ProposalError, match="colour space"):
+        compute_proposals(blocks_image(), ProposalConfig(color_spaces=("xyz",)))
+
+
+def small_objects_image(seed=0):
+    """Small saturated figures (shorter side 18-19 px) on a grey textured background, with
+    their boxes."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.integers(90, 170, (240, 320, 3), dtype=np.uint8), (0, 0), 2)
+    boxes = []
+    for i in range(12):
+        w, h = int(rng.integers(18, 20)), int(rng.integers(25, 45))
+        x, y = 10 + (i % 6) * 50 + int(rng.integers(0, 10)), 20 + (i // 6) * 110 + int(rng.integers(0, 40))
+        colour = np.zeros(3, np.uint8)
+        colour[i % 3] = 255
+        img[y:y + h, x:x + w] = colour
+        boxes.append([x, y, x + w, y + h])
+    return img, np.array(boxes, np.float32)
+
+
+def test_small_objects_are_covered():
+    img, gt = small_objects_image()
+    boxes = compute_proposals(img)
+    assert len(boxes) <= 2000
+    assert (best_overlaps([boxes], [gt]) >= 0.5).all()
+    # R-CNN's 20 px minimum box size loses the narrowest ones
+    old = compute_proposals(img, ProposalConfig(min_size=20))
+    assert (best_overlaps([old], [gt]) < 0.5).sum() >= 3
+
+
+@pytest.mark.slow
+def test_recall_on_real_photos():
+    if not os.path.isdir(VOC_PHOTOS):
+        pytest.skip(f"voc-photos-dev not found at {VOC_PHOTOS} (../shared/datasets relative to the project root)")
+    from detect.voc import VOC_CLASSES, VOCDataset
+
+    ds = VOCDataset(VOC_PHOTOS, "dev", classes=VOC_CLASSES)
+    props, gt = [], []
+    for i in ds.image_ids:
+        boxes = compute_proposals(ds.load_image(i))
+        assert len(boxes) <= 2000
+        props.append(boxes)
+        ann = ds.annotation(i)
+        gt.append(ann.boxes[~ann.difficult])
+    assert recall_at(best_overlaps(props, gt), [0.5])[0] >= 0.975
