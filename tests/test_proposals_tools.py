@@ -43,3 +43,35 @@ def test_compute_proposals_tool_and_errors(synthetic_voc, tmp_path, capsys):
     assert run_tool("compute_proposals", args + ["proposals.backend=rcnn_mat"]) == 2
     err = capsys.readouterr().err
     assert "unknown backend 'magic'" in err and "needs proposals.mat_path" in err and "Traceback" not in err
+
+
+def write_photo_set(root):
+    """A VOC-layout set like voc-photos-dev: an image set file but no <class>_<set>.txt."""
+    import cv2
+    import numpy as np
+
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    boxes = {"p1": (20, 10, 69, 49), "p2": (90, 60, 149, 109)}  # 1-based inclusive, as in the devkit
+    for image_id, (x1, y1, x2, y2) in boxes.items():
+        img = np.full((120, 160, 3), 128, np.uint8)
+        img[y1 - 1:y2, x1 - 1:x2] = (30, 30, 220)
+        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.jpg"), img)
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename><size><width>160</width><height>120</height>"
+            f"<depth>3</depth></size><object><name>person</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin>"
+            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object></annotation>")
+    (root / "ImageSets" / "Main" / "dev.txt").write_text("p1\np2\n")
+    return root
+
+
+def test_eval_proposals_on_a_voc_layout_photo_set(tmp_path, capsys):
+    root = write_photo_set(tmp_path / "photos" / "VOC2007")
+    args = ["--image-set", "dev", "--out", str(tmp_path / "report"), "--set", f"data.root={root}",
+            f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}"]
+    # no per-class files to infer the classes from: a one-line error naming the fix
+    assert run_tool("eval_proposals", args) == 2
+    assert "set data.classes" in capsys.readouterr().err
+    assert run_tool("eval_proposals", args + ["--voc-classes"]) == 0
+    row = json.loads((tmp_path / "report" / "proposal_recall.json").read_text())["rows"][0]
+    assert row["images"] == 2 and row["objects"] == 2 and row["recall_0.7"] == 1.0

@@ -8,6 +8,9 @@ Examples::
 
     python tools/eval_proposals.py --config configs/default.yaml
     python tools/eval_proposals.py --backends rcnn_fast opencv_fast --num-images 50 --out output/proposals
+    # any VOC-layout set of real photos; --voc-classes when it has no <class>_<set>.txt files
+    python tools/eval_proposals.py --image-set dev --voc-classes \
+        --set data.root=../shared/datasets/voc-photos-dev/VOC2007
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backends", nargs="+", default=None, help="backends to compare (default: the config's)")
     parser.add_argument("--image-set", default=None, help="image set (default: the config's test set)")
     parser.add_argument("--num-images", type=int, default=None, help="only the first N images")
+    parser.add_argument("--voc-classes", action="store_true",
+                        help="the 20 PASCAL VOC classes (default: the config's data.classes)")
     parser.add_argument("--out", default=None, help="output directory (default: <output_dir>/<name>/proposals)")
     return parser
 
@@ -38,6 +43,10 @@ def main(argv=None) -> int:
         from detect.config import save_config
         from detect.fileio import atomic_write_json
         from detect.stages import build_proposal_store, open_dataset
+        from detect.voc import VOC_CLASSES
+
+        if args.voc_classes:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, classes=VOC_CLASSES))
         from proposals.report import format_proposal_table, plot_recall_curves, proposal_summary
 
         dataset = open_dataset(cfg, args.image_set or cfg.data.test_set, args.num_images)
