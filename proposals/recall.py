@@ -2,7 +2,8 @@
 
 Recall at IoU t is the fraction of (non-difficult) ground-truth boxes whose best proposal
 has IoU >= t. Average recall (AR, Hosang et al.) is the mean recall over t in
-0.5:0.05:0.95, which tracks detection mAP better than recall at any single threshold.
+0.5:0.05:0.95, which tracks detection mAP better than recall at any single threshold. The average best
+overlap (ABO, Uijlings et al. 2013) is the mean of every object's best IoU.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from detect.boxes import box_iou
 
-__all__ = ["best_overlaps", "recall_at", "average_recall", "recall_vs_boxes", "AR_THRESHOLDS"]
+__all__ = ["best_overlaps", "recall_at", "average_recall", "average_best_overlap", "recall_vs_boxes", "AR_THRESHOLDS"]
 
 AR_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
 
@@ -42,6 +43,12 @@ def recall_at(overlaps: np.ndarray, thresholds) -> np.ndarray:
 
 def average_recall(overlaps: np.ndarray) -> float:
     return float(recall_at(overlaps, AR_THRESHOLDS).mean())
+
+
+def average_best_overlap(overlaps: np.ndarray) -> float:
+    """Mean best IoU over the objects (NaN when there are none), from :func:`best_overlaps`."""
+    overlaps = np.asarray(overlaps, dtype=np.float64)
+    return float(overlaps.mean()) if len(overlaps) else float("nan")
 
 
 def recall_vs_boxes(proposals, gt_boxes, counts: Sequence[int], iou: float = 0.5) -> np.ndarray:

@@ -6,7 +6,8 @@ from typing import Sequence
 import numpy as np
 
 from detect.fileio import atomic_open
-from proposals.recall import AR_THRESHOLDS, average_recall, best_overlaps, recall_at, recall_vs_boxes
+from proposals.recall import (AR_THRESHOLDS, average_best_overlap, average_recall, best_overlaps, recall_at,
+                             recall_vs_boxes)
 
 __all__ = ["proposal_summary", "format_proposal_table", "plot_recall_curves", "BOX_COUNTS"]
 
@@ -15,7 +16,7 @@ BOX_COUNTS = (10, 20, 50, 100, 200, 500, 1000, 2000, 3000)
 
 def proposal_summary(name: str, proposals: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
                      seconds: Sequence[float]) -> dict:
-    """One row: boxes per image, recall at 0.5 / 0.7, AR, median seconds, and the curves."""
+    """One row: boxes per image, recall at 0.5 / 0.7, AR, ABO, median seconds, and the curves."""
     ov = best_overlaps(proposals, gt_boxes)
     iou_grid = np.round(np.arange(0.5, 1.0001, 0.05), 2)
     return {
@@ -26,6 +27,7 @@ def proposal_summary(name: str, proposals: Sequence[np.ndarray], gt_boxes: Seque
         "recall_0.5": float(recall_at(ov, [0.5])[0]),
         "recall_0.7": float(recall_at(ov, [0.7])[0]),
         "average_recall": average_recall(ov),
+        "average_best_overlap": average_best_overlap(ov),
         "seconds_per_image": float(np.median(seconds)) if len(seconds) else float("nan"),
         "recall_vs_iou": {"iou": iou_grid.tolist(), "recall": recall_at(ov, iou_grid).tolist()},
         "recall_vs_boxes": {"boxes": list(BOX_COUNTS),
@@ -36,10 +38,11 @@ def proposal_summary(name: str, proposals: Sequence[np.ndarray], gt_boxes: Seque
 
 def format_proposal_table(rows: Sequence[dict]) -> str:
     width = max([len(r["name"]) for r in rows] + [7])
-    lines = [f"{'backend':<{width}}  {'images':>6}  {'boxes/img':>9}  {'R@0.5':>6}  {'R@0.7':>6}  {'AR':>6}  {'s/img':>6}"]
+    lines = [f"{'backend':<{width}}  {'images':>6}  {'boxes/img':>9}  {'R@0.5':>6}  {'R@0.7':>6}  {'AR':>6}  {'ABO':>6}  {'s/img':>6}"]
     for r in rows:
         lines.append(f"{r['name']:<{width}}  {r['images']:6d}  {r['boxes_per_image']:9.0f}  {r['recall_0.5']:6.3f}  "
-                     f"{r['recall_0.7']:6.3f}  {r['average_recall']:6.3f}  {r['seconds_per_image']:6.2f}")
+                     f"{r['recall_0.7']:6.3f}  {r['average_recall']:6.3f}  {r['average_best_overlap']:6.3f}  "
+                     f"{r['seconds_per_image']:6.2f}")
     return "\n".join(lines)
 
 

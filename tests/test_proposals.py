@@ -8,7 +8,7 @@ import pytest
 
 from detect.errors import DatasetError, ProposalError
 from proposals import BACKENDS, ProposalConfig, ProposalStore, compute_proposals
-from proposals.recall import average_recall, best_overlaps, recall_at, recall_vs_boxes
+from proposals.recall import average_best_overlap, average_recall, best_overlaps, recall_at, recall_vs_boxes
 from proposals.selective_search import (
     FAST_STRATEGIES, adjacent_pairs, colour_space_image, felzenszwalb_segments, hierarchical_grouping,
     hierarchical_grouping_reference, rank_groups, rcnn_fast_hierarchies, region_features, selectivesearch_rect_to_xyxy,
@@ -177,6 +177,8 @@ def test_recall_metrics():
     np.testing.assert_allclose(ov, [1.0, 0.0])
     np.testing.assert_allclose(recall_at(ov, [0.5, 0.7]), [0.5, 0.5])
     assert average_recall(ov) == pytest.approx(0.5)
+    assert average_best_overlap(np.array([0.25, 0.75, 1.0])) == pytest.approx(2 / 3)
+    assert np.isnan(average_best_overlap(np.zeros(0)))
     np.testing.assert_allclose(recall_vs_boxes(props, gt, [1, 2]), [0.5, 0.5])  # first box already IoU 0.5
 
 

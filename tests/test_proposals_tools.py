@@ -29,6 +29,7 @@ def test_eval_proposals_report(synthetic_voc, tmp_path, capsys):
         assert row["images"] == 3 and row["objects"] > 0
         assert 0.5 < row["recall_0.5"] <= 1 and row["recall_0.7"] <= row["recall_0.5"]
         assert row["average_recall"] <= row["recall_0.5"] and row["seconds_per_image"] > 0
+        assert 0.5 * row["recall_0.5"] <= row["average_best_overlap"] <= 1
     assert (out / "proposal_recall.png").stat().st_size > 10_000 and (out / "config.yaml").is_file()
     assert "rcnn_fast" in capsys.readouterr().out
 
