@@ -14,8 +14,8 @@ Backends (``cfg.backend``):
     implementation), and two similarity strategies (colour + texture + size + fill, and
     texture + size + fill): 2 x 2 x 2 = 8 hierarchies, grouped here in numpy
     (:func:`hierarchical_grouping`, checked against :func:`hierarchical_grouping_reference`).
-    Boxes narrower or shorter than ``cfg.min_size`` (16 px) are dropped and duplicates
-    removed.
+    Boxes narrower or shorter than ``cfg.min_size`` (12 px; R-CNN: 20) are dropped and
+    duplicates removed.
 ``opencv_fast`` / ``opencv_quality``
     OpenCV's own ``switchToSelectiveSearchFast`` / ``Quality`` as they are (k = 150..450,
     more hierarchies, no size filter beyond ``cfg.min_size``).
@@ -38,9 +38,10 @@ one cause at a time (``bench/proposals.py``; figures in the README):
 
 * the 20 px minimum box size dropped the only good box of 2 people of 19-21 px width
   (their best boxes were 19 x 50 and 24 x 18): the union of all hierarchies' boxes
-  reached 0.975, the filtered and capped list 0.958. ``min_size`` is 16 now, one conv5
-  cell of the paper's stride-16 networks; a 16 px box still has IoU >= 0.5 with an object
-  of 8-10 px side. 15 or 10 px gave the same recall with more boxes;
+  reached 0.975, the filtered and capped list 0.958. ``min_size`` is 12 now: a
+  segment hugs its object, so an object of 13-20 px (the size of R-CNN's misses on real
+  photos) has a tight box that a 16 or 20 px minimum drops; on these photos 10, 12, 15
+  and 16 px gave the same recall (12 px: 67 more boxes per image than 16);
 * OpenCV's 8-bit HSV stores hue in 0..180, so 7 of the 25 hue bins stay empty and hue
   steps weigh 0.7 of what they should in the segmentation; the full 0..255 range
   (``COLOR_BGR2HSV_FULL``, as R-CNN's [0, 1] HSV scaled) raised the raw recall to 0.983;

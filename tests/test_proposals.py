@@ -332,13 +332,13 @@ def test_hsv_uses_the_full_hue_range():
 
 
 def small_objects_image(seed=0):
-    """Small saturated figures (shorter side 18-19 px) on a grey textured background, with
+    """Small saturated figures (shorter side 14-19 px) on a grey textured background, with
     their boxes."""
     rng = np.random.default_rng(seed)
     img = cv2.GaussianBlur(rng.integers(90, 170, (240, 320, 3), dtype=np.uint8), (0, 0), 2)
     boxes = []
     for i in range(12):
-        w, h = int(rng.integers(18, 20)), int(rng.integers(25, 45))
+        w, h = int(rng.integers(14, 20)), int(rng.integers(25, 45))
         x, y = 10 + (i % 6) * 50 + int(rng.integers(0, 10)), 20 + (i // 6) * 110 + int(rng.integers(0, 40))
         colour = np.zeros(3, np.uint8)
         colour[i % 3] = 255
