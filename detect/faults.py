@@ -7,7 +7,8 @@ point and check that the rerun resumes to the same outputs as an uninterrupted r
 Unset, it costs one dictionary lookup per call.
 
 Stages: ``proposals`` (images written), ``positives`` and ``mining`` (training images),
-``finetune`` (iterations), ``pretrain`` (epochs), ``test`` (test images).
+``finetune`` (iterations), ``pretrain`` (epochs), ``pretrain_run`` (the runs of one
+``tools/pretrain.py --compare``), ``test`` (test images).
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from detect.config import Config, load_config, save_config
 from detect.errors import UserError
+from detect.faults import kill_point
 from detect.fileio import atomic_write_json
 from detect.stages import build_proposal_store, open_dataset
 
@@ -276,7 +277,8 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     p = cfg.pretrain
     train_sampler = CropSampler(train_ds, jitter=p.jitter, background_per_image=p.background_per_image)
     val_sampler = CropSampler(val_ds, jitter=p.jitter, background_per_image=p.background_per_image)
-    for sizes in [s for s in runs_wanted if s not in done]:
+    for run, sizes in enumerate(s for s in runs_wanted if s not in done):
+        kill_point("pretrain_run", run)
         trunk, head = build_network(dataclasses.replace(cfg.network, weights="random"), cfg.features.levels)
         head.add_classifier(len(train_ds.classes) + 1, seed=cfg.network.init_seed)
         result = pretrain(trunk, head, cfg.features.levels, train_sampler, val_sampler, sizes=sizes,
