@@ -32,35 +32,38 @@ Backends (``cfg.backend``):
 
 Where small objects were lost, and what ``rcnn_fast`` does about it. The first version
 assembled fast mode from OpenCV's ``SelectiveSearchSegmentation`` (one ``process()`` per
-colour space and k) and reached recall@0.5 0.958 (@0.7 0.750) on the 50 photos of
-``voc-photos-dev`` with 1,711 boxes per image. Of its 5 misses (120 objects), measured
-one cause at a time (``bench/proposals.py``; figures in the README):
+colour space and k) and reached recall@0.5 0.958 (@0.7 0.750, ABO 0.786) on the 50 photos
+of ``voc-photos-dev`` with 1,711 boxes per image. Its 5 misses among 120 objects, traced
+by comparing each step's boxes (all hierarchies' boxes, then filtered, then capped):
 
 * the 20 px minimum box size dropped the only good box of 2 people of 19-21 px width
-  (their best boxes were 19 x 50 and 24 x 18): the union of all hierarchies' boxes
-  reached 0.975, the filtered and capped list 0.958. ``min_size`` is 12 now: a
-  segment hugs its object, so an object of 13-20 px (the size of R-CNN's misses on real
-  photos) has a tight box that a 16 or 20 px minimum drops; on these photos 10, 12, 15
-  and 16 px gave the same recall (12 px: 67 more boxes per image than 16);
+  (their best boxes were 19 x 50 and 24 x 18): all hierarchies' boxes together reached
+  0.975, the filtered and capped list 0.958. ``min_size`` is 12 now: a segment hugs its
+  object, so an object of 13-20 px (the size of the misses measured on 100 real photos)
+  has a tight box that a 16 or 20 px minimum drops; on these photos 10, 12, 15 and 16 px
+  gave the same recall (12 px: 67 more boxes per image than 16, 1,902 in all);
 * OpenCV's 8-bit HSV stores hue in 0..180, so 7 of the 25 hue bins stay empty and hue
   steps weigh 0.7 of what they should in the segmentation; the full 0..255 range
-  (``COLOR_BGR2HSV_FULL``, as R-CNN's [0, 1] HSV scaled) raised the raw recall to 0.983;
+  (``COLOR_BGR2HSV_FULL``, R-CNN's [0, 1] HSV scaled) raised the unfiltered recall to 0.983;
 * OpenCV builds each region's colour histogram with one masked pass over the whole image
-  per region (segments x pixels, 0.85 s of a 1 s hierarchy pair at k = 50); the numpy
+  per region (segments x pixels: 0.85 s of a 1 s hierarchy pair at k = 50); the numpy
   grouping computes all histograms in one pass (``np.bincount``), shares them between the
-  two strategies, and takes 0.56x OpenCV's time for the same 8 hierarchies, leaving room
-  under the 1.5 s budget;
+  two strategies, and took 0.55x OpenCV's time for the same 8 hierarchies (50 photos, one
+  thread, interleaved), about 0.8 s per photo where OpenCV's took 1.46 s;
 * OpenCV exposes no hierarchy levels, so the ranking used the box's area rank as the
-  level; the numpy grouping knows each box's real level (below), which ranks the merges
-  as R-CNN does. With the same segments it was level with the area substitute at 0.5 and
-  ahead at 0.7 (0.775 against 0.767);
+  level; the numpy grouping knows each box's real level (below) and ranks as R-CNN does.
+  With the same boxes it was level with the area substitute at 0.5 and ahead at 0.7
+  (0.775 against 0.767); the unfiltered recall of its boxes was 0.992;
 * images are segmented at their own size (``max_side`` 1000 leaves VOC's 500 px photos
   alone), so downscaling lost nothing here.
 
-Together: recall@0.5 0.983, @0.7 0.775 with 1,835 boxes per image on ``voc-photos-dev``.
-The remaining misses are a 30 x 50 person that the segmentations merge with its
-surroundings before it is a region of its own, and one whose only good box (IoU 0.55)
-ranks beyond the 2,000 cap; without the cap the boxes reach 0.992.
+Together: recall@0.5 0.983, @0.7 0.775, ABO 0.795 with 1,902 boxes per image on
+``voc-photos-dev``; 1.000 and 0.991 on the generated test split. The 2 misses are a
+30 x 50 person that every segmentation merges with its surroundings before it is a region
+of its own, and one whose only good box (IoU 0.55) ranks beyond the 2,000 cap. More
+hierarchies were measured and not adopted: k = 150 as a third segmentation (22% more
+time) or RGB as a third colour space (54% more) raised the uncapped recall@0.7 to 0.792 /
+0.825, but under the 2,000 cap recall@0.5 stayed 0.983 (@0.7 0.775 / 0.800).
 
 Order. R-CNN's ranking rule (Uijlings et al. 2013, section 3.3; ``Image2HierarchicalGrouping.m``
 and ``selective_search_boxes.m``): in each hierarchy a box's priority is ``rand() * level``,
