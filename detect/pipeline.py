@@ -39,8 +39,7 @@ def dataset_identity(dataset) -> list:
     from detect.fileio import file_digest
 
     ids = list(dataset.image_ids)
-    return [[i, file_digest(dataset.image_path(i)),
-             file_digest(os.path.join(dataset.root, "Annotations", i + ".xml"))] for i in ids]
+    return [[i, file_digest(dataset.image_path(i)), file_digest(dataset.annotation_path(i))] for i in ids]
 
 
 def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None, progress: bool = True) -> str:

@@ -293,11 +293,13 @@ class VOCDataset:
                 return base + ext
         return base + ".jpg"
 
+    def annotation_path(self, image_id: str) -> str:
+        return os.path.join(self.root, "Annotations", image_id + ".xml")
+
     def annotation(self, image_id: str) -> Annotation:
         ann = self._annotations.get(image_id)
         if ann is None:
-            ann = parse_voc_xml(os.path.join(self.root, "Annotations", image_id + ".xml"), self.classes,
-                                self.ignore_other_classes)
+            ann = parse_voc_xml(self.annotation_path(image_id), self.classes, self.ignore_other_classes)
             self._annotations[image_id] = ann
         return ann
 
@@ -311,8 +313,7 @@ class VOCDataset:
         class (empty unless ``ignore_other_classes``)."""
         ignored: dict[str, int] = {}
         for image_id in self.image_ids:
-            if image_id in self._annotations or os.path.isfile(
-                    os.path.join(self.root, "Annotations", image_id + ".xml")):
+            if image_id in self._annotations or os.path.isfile(self.annotation_path(image_id)):
                 for name in self.annotation(image_id).ignored_classes:
                     ignored[name] = ignored.get(name, 0) + 1
         return dict(sorted(ignored.items()))
