@@ -158,6 +158,8 @@ class TestConfig:
     max_per_class: int = 100
     # detections scoring below this are dropped before NMS
     score_threshold: float = -math.inf
+    # evaluation test_net reports: voc07 (11-point), voc_area (VOC2010+ area) or coco (AP@[.5:.95])
+    metric: str = "voc07"
 
 
 @dataclass(frozen=True)
@@ -418,6 +420,7 @@ RULES: dict[str, Any] = {
     "test.nms_iou": FRACTION,
     "test.max_per_class": POSITIVE_INT,
     "test.score_threshold": number(allow_neg_inf=True),
+    "test.metric": Choice(("voc07", "voc_area", "coco"), "metric"),  # detect.evaluation.METRICS
     "pretrain.root": text(non_empty=False),
     "pretrain.train_set": PLAIN_NAME,
     "pretrain.val_set": PLAIN_NAME,

@@ -56,6 +56,8 @@ __all__ = [
     "format_ap_table",
     "plot_pr_curves",
     "ResultFileError",
+    "METRICS",
+    "evaluate_detections",
 ]
 
 log = logging.getLogger(__name__)
@@ -217,6 +219,55 @@ def eval_detection_voc(
         "num_positives": num_pos,
         "num_detections": num_det,
     }
+
+
+def _eval_voc07(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficult, classes) -> dict:
+    return eval_detection_voc(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficult,
+                              iou_thresh=0.5, use_07_metric=True, num_classes=len(classes))
+
+
+def _eval_voc_area(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficult, classes) -> dict:
+    return eval_detection_voc(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficult,
+                              iou_thresh=0.5, use_07_metric=False, num_classes=len(classes))
+
+
+def _eval_coco(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficult, classes) -> dict:
+    from detect.coco_eval import eval_detection_coco
+
+    coco = eval_detection_coco(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficult, classes)
+    k = len(classes)
+    labels = np.concatenate([np.asarray(x, np.int64).reshape(-1) for x in gt_labels] or [np.zeros(0, np.int64)])
+    difficult = (np.concatenate([np.asarray(x, bool).reshape(-1) for x in gt_difficult] or [np.zeros(0, bool)])
+                 if gt_difficult is not None else np.zeros(len(labels), bool))
+    dets = np.concatenate([np.asarray(x, np.int64).reshape(-1) for x in pred_labels] or [np.zeros(0, np.int64)])
+    return {"ap": np.asarray(coco["ap_per_class"], np.float64), "map": coco["ap"],
+            "ap50": coco["ap50"], "ap75": coco["ap75"],
+            "num_positives": np.bincount(labels[~difficult], minlength=k)[:k],
+            "num_detections": np.bincount(dets, minlength=k)[:k]}
+
+
+# test.metric -> evaluator: fn(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels,
+# gt_difficult, classes) -> {"map", "ap" [K], "num_positives" [K], "num_detections" [K], ...};
+# the VOC ones add "precision" and "recall" (for the PR plot), COCO "ap50" and "ap75".
+# detect/config.py's RULES["test.metric"] lists the same names (a test keeps them equal).
+METRICS = {
+    "voc07": _eval_voc07,  # VOC2007 devkit: 11-point interpolated AP at IoU 0.5
+    "voc_area": _eval_voc_area,  # VOC2010+: area under the monotone precision envelope, IoU 0.5
+    "coco": _eval_coco,  # pycocotools: AP averaged over IoU 0.5:0.05:0.95 (coco_eval.py)
+}
+
+
+def evaluate_detections(metric: str, pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficult,
+                        classes: Sequence[str]) -> dict:
+    """Per-image detections against ground truth by the metric named ``metric`` (a key of
+    :data:`METRICS`): a dict with at least ``map`` (the metric's main number), ``ap``
+    float64 [K] (NaN for a class without positives), ``num_positives`` and
+    ``num_detections`` int [K], and ``metric``."""
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
+    result = METRICS[metric](pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficult, classes)
+    result["metric"] = metric
+    return result
 
 
 def eval_detection_voc_reference(

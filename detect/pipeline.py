@@ -17,7 +17,7 @@ from detect.faults import kill_point
 from detect.fileio import atomic_write_json
 from detect.stages import build_proposal_store, open_dataset
 
-__all__ = ["train", "test", "demo"]
+__all__ = ["train", "test", "reval", "demo"]
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +155,15 @@ def _model_and_config(model_dir: str, method: str | None, config_path: str | Non
 
 def test(model_dir: str, method: str | None = None, num_images: int | None = None, out_dir: str | None = None,
          config_path: str | None = None, overrides=None, progress: bool = True):
-    """Detect on the test set and evaluate; returns (results dict, output directory)."""
-    from detect.evaluation import eval_detection_voc, format_ap_table, plot_pr_curves, write_voc_results
-    from detect.feature_sources import WindowFeatures
+    """Detect on the test set and evaluate by ``test.metric``; returns (results dict,
+    output directory)."""
+    from detect.config import config_to_dict
+    from detect.detector_api import Detector
+    from detect.evaluation import write_voc_results
     from detect.testing import median_timings, run_test
 
-    model, cfg = _model_and_config(model_dir, method, config_path, overrides)
+    detector = Detector.load(model_dir, device=None, overrides=overrides, config_path=config_path, method=method)
+    model, cfg = detector.model, detector.config
     dataset = open_dataset(cfg, cfg.data.test_set, num_images)
     if tuple(dataset.classes) != tuple(model.classes):
         raise UserError(f"{cfg.data.root}: classes {dataset.classes} differ from the model's {model.classes}")
@@ -168,23 +171,20 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
     os.makedirs(out_dir, exist_ok=True)
     save_config(cfg, os.path.join(out_dir, "config.yaml"))
     store = build_proposal_store(cfg, dataset, progress)
-    features = WindowFeatures.from_config(cfg, network_file=model.network_file)
-    from detect.config import config_to_dict
-
-    # what every image's detections depend on besides the image itself
+    # what every image's detections depend on besides the image itself; test.metric only
+    # changes how they are scored, so it stays out (a cache written before the setting
+    # existed keeps its key)
+    test_settings = {k: v for k, v in config_to_dict(cfg.test).items() if k != "metric"}
     det_key = {"model": model.digest, "layout": 1,
-               **{s: config_to_dict(getattr(cfg, s)) for s in ("network", "proposals", "features", "test")}}
-    dets, timings = run_test(model, features.extract, dataset, store, dataset.image_ids, out_dir, progress,
+               **{s: config_to_dict(getattr(cfg, s)) for s in ("network", "proposals", "features")},
+               "test": test_settings}
+    dets, timings = run_test(detector.detect_with_timings, dataset, store, dataset.image_ids, out_dir, progress,
                              key=det_key)
-    gt_boxes, gt_labels, gt_difficult = dataset.gt_lists()
-    ev = eval_detection_voc(
-        [d.boxes for d in dets], [d.labels for d in dets], [d.scores for d in dets],
-        gt_boxes, gt_labels, gt_difficult, iou_thresh=0.5, use_07_metric=True,
-        num_classes=len(model.classes))
     write_voc_results(out_dir, cfg.data.test_set, model.classes, dataset.image_ids,
                       [d.boxes for d in dets], [d.labels for d in dets], [d.scores for d in dets])
-    title = f"{cfg.name} ({cfg.features.method}), mAP {ev['map']:.3f}"
-    plot_pr_curves(ev, model.classes, os.path.join(out_dir, "pr_curves.png"), title=title)
+    ev = _evaluate(cfg.test.metric, dets, dataset, model.classes)
+    _plot(ev, model.classes, os.path.join(out_dir, "pr_curves.png"),
+          f"{cfg.name} ({cfg.features.method}), {_METRIC_NAMES[cfg.test.metric]} {ev['map']:.3f}")
     results = {
         "method": cfg.features.method,
         "config": cfg.name,
@@ -192,36 +192,104 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
         "model_digest": model.digest,
         "image_set": cfg.data.test_set,
         "num_images": len(dataset),
-        "map": float(ev["map"]),
-        "ap_per_class": {name: (None if np.isnan(ap) else float(ap)) for name, ap in zip(model.classes, ev["ap"])},
+        **_metric_results(ev, model.classes),
         "seconds_per_image": median_timings(timings),
         "scales": list(cfg.features.scales),
         "layer": cfg.features.layer,
         "bbox_regression": model.regressor is not None,
     }
     atomic_write_json(os.path.join(out_dir, "results.json"), results)
-    results["table"] = format_ap_table(ev, model.classes)
+    results["table"] = _table(ev, model.classes)
     return results, out_dir
+
+
+# how each test.metric's main number is called in tables and plot titles
+_METRIC_NAMES = {"voc07": "mAP (VOC07 11-point)", "voc_area": "mAP (VOC area)", "coco": "mAP@[.5:.95] (COCO)"}
+
+
+def _evaluate(metric: str, dets, dataset, classes) -> dict:
+    """``dets`` (per image of ``dataset``, in order) scored by ``metric``
+    (:func:`detect.evaluation.evaluate_detections`)."""
+    from detect.evaluation import evaluate_detections
+
+    gt_boxes, gt_labels, gt_difficult = dataset.gt_lists()
+    return evaluate_detections(metric, [d.boxes for d in dets], [d.labels for d in dets], [d.scores for d in dets],
+                               gt_boxes, gt_labels, gt_difficult, classes)
+
+
+def _metric_results(ev: dict, classes) -> dict:
+    """The JSON fields of an evaluation: ``metric``, ``map`` (its main number),
+    ``ap_per_class`` and, for COCO, ``ap50`` and ``ap75``."""
+    out = {"metric": ev["metric"], "map": float(ev["map"]),
+           "ap_per_class": {name: (None if np.isnan(ap) else float(ap)) for name, ap in zip(classes, ev["ap"])}}
+    out.update({k: float(ev[k]) for k in ("ap50", "ap75") if k in ev})
+    return out
+
+
+def _table(ev: dict, classes) -> str:
+    from detect.evaluation import format_ap_table
+
+    extra = "".join(f"\n{k.upper():<{max([len(c) for c in classes] + [5])}}  {ev[k]:6.3f}"
+                    for k in ("ap50", "ap75") if k in ev)
+    return f"{_METRIC_NAMES[ev['metric']]}\n{format_ap_table(ev, classes)}{extra}"
+
+
+def _plot(ev: dict, classes, path: str, title: str) -> None:
+    """The precision-recall plot (VOC metrics: COCO's curves are per IoU threshold)."""
+    from detect.evaluation import plot_pr_curves
+
+    if "precision" in ev:
+        plot_pr_curves(ev, classes, path, title=title)
+    elif os.path.exists(path):
+        os.remove(path)  # a plot left by another metric's run would not match results.json
+
+
+def reval(test_dir: str, metric: str | None = None, out_path: str | None = None) -> tuple[dict, str]:
+    """Re-score a test run's saved detections (``<test_dir>/detections.npz``) by
+    ``metric`` (default: the run's ``test.metric``) against the dataset of the config
+    saved beside them, without the network; writes ``reval_<metric>.json`` (default in
+    ``test_dir``) and returns (results dict with the AP ``table``, its path)."""
+    from detect.detector import split_detections
+    from detect.fileio import load_npz
+
+    det_path, cfg_path = os.path.join(test_dir, "detections.npz"), os.path.join(test_dir, "config.yaml")
+    for path in (det_path, cfg_path):
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: not found; {test_dir} is not the output directory of tools/test_net.py")
+    cfg = load_config(cfg_path)
+    metric = metric or cfg.test.metric
+    arrays = load_npz(det_path)
+    image_ids = [str(i) for i in arrays["image_ids"]]
+    dataset = open_dataset(cfg, cfg.data.test_set)
+    missing = sorted(set(image_ids) - set(dataset.image_ids))
+    if missing:
+        raise UserError(f"{det_path}: {len(missing)} images not in {cfg.data.root}/{cfg.data.test_set} "
+                        f"(first: {missing[0]})")
+    dataset.image_ids = image_ids
+    dets = split_detections(arrays, len(image_ids))
+    ev = _evaluate(metric, dets, dataset, dataset.classes)
+    results = {"detections": os.path.abspath(det_path), "image_set": cfg.data.test_set,
+               "num_images": len(image_ids), **_metric_results(ev, dataset.classes)}
+    out_path = out_path or os.path.join(test_dir, f"reval_{metric}.json")
+    atomic_write_json(out_path, results)
+    results["table"] = _table(ev, dataset.classes)
+    return results, out_path
 
 
 def demo(model_dir: str, image_path: str, out_path: str | None = None, threshold: float = 0.0,
          config_path: str | None = None, overrides=None, top: int | None = None):
     """Detections on one image (score >= ``threshold``, the ``top`` best when given),
     drawn to a PNG; returns ([(class, score, box)], png path)."""
-    from detect.feature_sources import WindowFeatures
-    from detect.testing import detect_image
+    from detect.detector_api import Detector
     from detect.visualize import draw_detections
-    from detect.voc import load_image
-    from proposals import compute_proposals
 
-    model, cfg = _model_and_config(model_dir, None, config_path, overrides)
-    image = load_image(image_path)
-    boxes = compute_proposals(image, cfg.proposals)
-    features = WindowFeatures.from_config(cfg, network_file=model.network_file)
-    det, _ = detect_image(model, features.extract, image, boxes)
-    keep = np.flatnonzero(det.scores >= threshold)
-    keep = keep[np.argsort(-det.scores[keep], kind="stable")][:top]
-    rows = [(model.classes[det.labels[i]], float(det.scores[i]), det.boxes[i].tolist()) for i in keep]
+    detector = Detector.load(model_dir, device=None, overrides=overrides, config_path=config_path)
+    image = detector.load_image(image_path)
+    det = detector(image)
+    scores, labels, boxes = det["scores"], det["labels"], det["boxes"]
+    keep = np.flatnonzero(scores >= threshold)
+    keep = keep[np.argsort(-scores[keep], kind="stable")][:top]
+    rows = [(detector.classes[labels[i]], float(scores[i]), boxes[i].tolist()) for i in keep]
     if out_path is None:
         stem = os.path.splitext(os.path.basename(image_path))[0]
         out_path = f"{stem}_detections.png"

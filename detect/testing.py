@@ -1,4 +1,4 @@
-"""Testing a trained detector on an image set: detections, timings, VOC evaluation.
+"""Testing a trained detector on an image set: single-image scoring and the test loop.
 
 Per image: proposals (from the proposal store, timed when they were computed) -> window
 features (``extract_fn(image, boxes, layers) -> ({layer: [N, D]}, {stage: seconds})``)
@@ -6,13 +6,16 @@ features (``extract_fn(image, boxes, layers) -> ({layer: [N, D]}, {stage: second
 written to ``out_dir/detections/<image_id>.npz`` as soon as they exist, keyed by the model,
 the test-time settings and the image, so an interrupted run resumes where it stopped and a
 run with another model or other settings recomputes; the raw detections of the whole set are saved in
-``detections.npz`` so that evaluation can be re-run without the network.
+``detections.npz`` so that evaluation can be re-run without the network
+(``tools/reval.py``). The user-facing object around these steps is
+:class:`detect.detector_api.Detector`.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,16 +27,54 @@ from detect.faults import kill_point
 from detect.fileio import KeyedEntries, atomic_save_npz, file_digest
 from detect.model import DetectionModel
 
-__all__ = ["ExtractFn", "detect_image", "model_layers", "score_and_regress", "run_test", "STAGES", "median_timings"]
+__all__ = ["ExtractFn", "DetectFn", "WindowScores", "score_image", "detections_from_window_scores", "detect_image", "model_layers", "score_and_regress", "run_test", "STAGES", "median_timings"]
 
 log = logging.getLogger(__name__)
 
 ExtractFn = Callable[[np.ndarray, np.ndarray, Sequence[str]], tuple[dict, dict]]
+DetectFn = Callable[[np.ndarray, np.ndarray], tuple[Detections, dict]]
 
 # Stages reported in results.json["seconds_per_image"] (median over images).
 # ``warp`` is R-CNN's (cropping and warping each window; 0 for SPP-net), last so that
 # detections cached with the older stage list still read back in order.
 STAGES = ("proposals", "conv", "pool", "fc", "svm", "nms", "bbox_reg", "warp")
+
+
+@dataclass
+class WindowScores:
+    """What one image's windows scored, before NMS: ``boxes`` float32 [N, 4] (the
+    windows, internal convention), ``scores`` float32 [N, K] (SVM scores), ``class_boxes``
+    float32 [N, K, 4] (each window regressed for each class; None without regressors),
+    ``image_size`` (height, width) and the seconds per stage so far."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_boxes: np.ndarray | None
+    image_size: tuple[int, int]
+    timings: dict[str, float]
+
+
+def score_image(model: DetectionModel, extract_fn: ExtractFn, image: np.ndarray, boxes: np.ndarray) -> WindowScores:
+    """Features, SVM scores and regressed boxes of one image's windows (no NMS)."""
+    feats, timings = extract_fn(image, boxes, model_layers(model))
+    timings = {k: float(v) for k, v in timings.items()}
+    scores, class_boxes, svm_s, reg_s = score_and_regress(model, feats, boxes)
+    timings.update(svm=svm_s, bbox_reg=reg_s)
+    return WindowScores(np.asarray(boxes, np.float32).reshape(-1, 4), scores, class_boxes,
+                        tuple(image.shape[:2]), timings)
+
+
+def detections_from_window_scores(model: DetectionModel, scored: WindowScores,
+                                  regress: bool = True) -> tuple[Detections, float]:
+    """Per-class threshold, NMS and top-k of scored windows (with the model's test
+    settings), on the regressed boxes unless ``regress`` is False; returns the detections
+    and the seconds this took."""
+    t0 = time.perf_counter()
+    tcfg = model.config.test
+    det = detections_from_scores(
+        scored.boxes, scored.scores, scored.image_size, nms_iou=tcfg.nms_iou, max_per_class=tcfg.max_per_class,
+        score_threshold=tcfg.score_threshold, class_boxes=scored.class_boxes if regress else None)
+    return det, time.perf_counter() - t0
 
 
 def detect_image(
@@ -43,17 +84,9 @@ def detect_image(
     boxes: np.ndarray,
 ) -> tuple[Detections, dict[str, float]]:
     """Detections of one image from its proposal boxes, and seconds per stage."""
-    feats, timings = extract_fn(image, boxes, model_layers(model))
-    timings = {k: float(v) for k, v in timings.items()}
-    scores, class_boxes, svm_s, reg_s = score_and_regress(model, feats, boxes)
-    t2 = time.perf_counter()
-    tcfg = model.config.test
-    det = detections_from_scores(
-        boxes, scores, image.shape[:2], nms_iou=tcfg.nms_iou, max_per_class=tcfg.max_per_class,
-        score_threshold=tcfg.score_threshold, class_boxes=class_boxes)
-    t3 = time.perf_counter()
-    timings.update(svm=svm_s, bbox_reg=reg_s, nms=t3 - t2)
-    return det, timings
+    scored = score_image(model, extract_fn, image, boxes)
+    det, nms_s = detections_from_window_scores(model, scored)
+    return det, {**scored.timings, "nms": nms_s}
 
 
 def model_layers(model: DetectionModel) -> tuple[str, ...]:
@@ -90,8 +123,7 @@ def median_timings(per_image: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run_test(
-    model: DetectionModel,
-    extract_fn: ExtractFn,
+    detect_fn: DetectFn,
     dataset,
     proposals,
     image_ids: Sequence[str],
@@ -100,6 +132,9 @@ def run_test(
     key: object = "",
 ) -> tuple[list[Detections], list[dict[str, float]]]:
     """Detect on every image of ``image_ids`` (resumable); returns detections and timings.
+
+    ``detect_fn(image, boxes) -> (Detections, {stage: seconds})`` detects on one image
+    (:meth:`detect.detector_api.Detector.detect_with_timings`).
 
     ``key`` names everything the detections depend on besides the image (the model's
     digest, the test-time settings): each image's entry in ``out_dir/detections/`` is reused
@@ -116,7 +151,7 @@ def run_test(
         else:
             boxes = proposals[image_id]
             image = dataset.load_image(image_id)
-            det, timings = detect_image(model, extract_fn, image, boxes)
+            det, timings = detect_fn(image, boxes)
             timings["proposals"] = float(proposals.seconds(image_id))
             entries.save(image_id, digest, boxes=det.boxes, labels=det.labels, scores=det.scores,
                          timings=np.array([timings.get(s, 0.0) for s in STAGES], np.float64))

@@ -1,16 +1,19 @@
-"""Test a trained detector: detections on the test set, VOC07 mAP, seconds per image.
+"""Test a trained detector: detections on the test set, mAP, seconds per image.
 
 Writes, in the output directory (default ``<model dir>/../test_<method>``): raw
 detections (``detections.npz``, so evaluation can be re-run without the network), devkit
 result files (``comp4_det_<set>_<class>.txt``), ``results.json`` (method, num_images,
-map, ap_per_class, seconds_per_image per stage), a PR-curve PNG and the resolved config.
-Prints the per-class AP table.
+metric, map, ap_per_class, seconds_per_image per stage), a PR-curve PNG (VOC metrics) and
+the resolved config. Prints the per-class AP table. The metric is ``test.metric``:
+``voc07`` (default, the VOC2007 devkit's 11-point AP), ``voc_area`` (VOC2010+) or ``coco``
+(AP over IoU 0.5:0.95); ``tools/reval.py`` re-scores the saved detections by another.
 
 Examples::
 
     python tools/test_net.py --model output/spp_alexnet_voc07/model
     python tools/test_net.py --model output/default/model --num-images 50
     python tools/test_net.py --model output/default/model --set features.scales=[480,576,688,864,1200]
+    python tools/test_net.py --model output/default/model --set test.metric=coco
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
         results, out_dir = test(args.model, method=args.method, num_images=args.num_images, out_dir=args.out,
                                 config_path=args.config, overrides=args.overrides, progress=not args.quiet)
         print(results["table"])
-        print(f"mAP {results['map']:.4f} on {results['num_images']} images; "
+        print(f"mAP {results['map']:.4f} ({results['metric']}) on {results['num_images']} images; "
               f"{results['seconds_per_image']['total_excluding_proposals']:.3f} s/image excluding proposals")
         print(f"results written to {out_dir}")
         return 0
