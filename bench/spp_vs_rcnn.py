@@ -16,10 +16,10 @@ time); the kernel comparison at the end is always the CPU one.
 
 Example::
 
-    python bench/spp_vs_rcnn.py --trunk alexnet --num-images 5 --windows 2000
-    python bench/spp_vs_rcnn.py --trunk zf5 --windows-source selective_search \
+    python -m bench.spp_vs_rcnn --trunk alexnet --num-images 5 --windows 2000
+    python -m bench.spp_vs_rcnn --trunk zf5 --windows-source selective_search \
         --out bench/results/spp_vs_rcnn_zf5_ss.json
-    python bench/spp_vs_rcnn.py --device cuda --out bench/results/spp_vs_rcnn_cuda.json
+    python -m bench.spp_vs_rcnn --device cuda --out bench/results/spp_vs_rcnn_cuda.json
 """
 from __future__ import annotations
 
@@ -31,11 +31,6 @@ import time
 
 import numpy as np
 import torch
-
-# bench/proposals.py is named like the `proposals` package; run as a script, this
-# directory would come first on the import path and shadow the package.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 
 def build_parser() -> argparse.ArgumentParser:

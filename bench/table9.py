@@ -11,8 +11,8 @@ the detections with and without the regressors come from the same window scores.
 Prints the table and writes JSON (default ``bench/results/table9.json``). Needs the
 configured network (for the default: ``make quickstart`` first)::
 
-    python bench/table9.py                         # built-in default, 100 + 100 images
-    python bench/table9.py --num-train 50 --num-test 50 --methods spp
+    python -m bench.table9                         # built-in default, 100 + 100 images
+    python -m bench.table9 --num-train 50 --num-test 50 --methods spp
 """
 from __future__ import annotations
 
@@ -20,54 +20,42 @@ import argparse
 import logging
 import os
 import platform
-import sys
 import time
 
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from detect import pipeline  # noqa: E402
-from detect.cli import BUILTIN_FIVE_SCALES  # noqa: E402
-from detect.config import load_config  # noqa: E402
-from detect.detector import detections_from_scores  # noqa: E402
-from detect.evaluation import eval_detection_voc  # noqa: E402
-from detect.feature_sources import WindowFeatures  # noqa: E402
-from detect.fileio import atomic_write_json  # noqa: E402
-from detect.model import load_model  # noqa: E402
-from detect.stages import build_proposal_store, open_dataset  # noqa: E402
-from detect.testing import median_timings, model_layers, score_and_regress  # noqa: E402
+from detect import pipeline
+from detect.cli import BUILTIN_FIVE_SCALES
+from detect.config import load_config
+from detect.detector_api import Detector
+from detect.evaluation import evaluate_detections
+from detect.fileio import atomic_write_json
+from detect.stages import build_proposal_store, open_dataset
+from detect.testing import median_timings
 
 FIVE_SCALES = list(BUILTIN_FIVE_SCALES)  # tools/quickstart.py's five scales for the default
 
 
 def evaluate_with_and_without_regression(model_dir: str, num_images: int | None, overrides, progress: bool):
-    """(mAP without box regression, mAP with it, median seconds per stage) of a model."""
-    model = load_model(model_dir)
-    cfg = load_config(None, overrides, base=model.config)
+    """(mAP without box regression, mAP with it, median seconds per stage) of a model,
+    by its ``test.metric`` (default VOC07); both from the same window scores."""
+    detector = Detector.load(model_dir, device=None, overrides=overrides)
+    cfg = detector.config
     dataset = open_dataset(cfg, cfg.data.test_set, num_images)
     store = build_proposal_store(cfg, dataset, progress)
-    features = WindowFeatures.from_config(cfg, network_file=model.network_file)
-    tc = cfg.test
-    kw = dict(nms_iou=tc.nms_iou, max_per_class=tc.max_per_class, score_threshold=tc.score_threshold)
     plain, regressed, timings = [], [], []
     for image_id in tqdm(dataset.image_ids, desc=os.path.basename(os.path.dirname(model_dir)), disable=not progress):
-        image, boxes = dataset.load_image(image_id), store[image_id]
-        feats, t = features.extract(image, boxes, model_layers(model))
-        t = {k: float(v) for k, v in t.items()}
-        scores, class_boxes, svm_s, reg_s = score_and_regress(model, feats, boxes)
-        t0 = time.perf_counter()
-        plain.append(detections_from_scores(boxes, scores, image.shape[:2], **kw))
-        t1 = time.perf_counter()
-        regressed.append(detections_from_scores(boxes, scores, image.shape[:2], class_boxes=class_boxes, **kw))
-        t.update(svm=svm_s, bbox_reg=reg_s, nms=t1 - t0, proposals=float(store.seconds(image_id)))
-        timings.append(t)
+        scored = detector.score(dataset.load_image(image_id), store[image_id])
+        without, nms_s = detector.postprocess(scored, regress=False)
+        with_reg, _ = detector.postprocess(scored)
+        plain.append(without)
+        regressed.append(with_reg)
+        timings.append({**scored.timings, "nms": nms_s, "proposals": float(store.seconds(image_id))})
     gt = dataset.gt_lists()
     maps = []
     for dets in (plain, regressed):
-        ev = eval_detection_voc([d.boxes for d in dets], [d.labels for d in dets], [d.scores for d in dets],
-                                *gt, iou_thresh=0.5, use_07_metric=True, num_classes=len(model.classes))
+        ev = evaluate_detections(cfg.test.metric, [d["boxes"] for d in dets], [d["labels"] for d in dets],
+                                 [d["scores"] for d in dets], *gt, classes=detector.classes)
         maps.append(float(ev["map"]))
     return maps[0], maps[1], median_timings(timings)
 

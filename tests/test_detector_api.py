@@ -184,6 +184,29 @@ def test_importing_detect_stays_light():
     assert out.stdout.split() == ["False", "Detector"]
 
 
+def test_table9_scores_through_the_detector(trained):
+    import importlib.util
+
+    root = os.path.dirname(TOOLS)
+    spec = importlib.util.spec_from_file_location("table9", os.path.join(root, "bench", "table9.py"))
+    table9 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table9)
+    _, model, test_dir = trained
+    plain, regressed, seconds = table9.evaluate_with_and_without_regression(model, None, [], progress=False)
+    with open(os.path.join(test_dir, "results.json")) as f:
+        assert regressed == json.load(f)["map"]  # the same detections as test_net's
+    assert plain != regressed and seconds["total_excluding_proposals"] > 0
+
+
+@pytest.mark.parametrize("script", ["table9", "spp_vs_rcnn"])
+def test_bench_scripts_import_without_path_edits(script):
+    root = os.path.dirname(TOOLS)
+    with open(os.path.join(root, "bench", f"{script}.py")) as f:
+        assert "sys.path" not in f.read()
+    out = subprocess.run([sys.executable, "-m", f"bench.{script}", "--help"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0 and "usage" in out.stdout, out.stderr
+
+
 # ---------------------------------------------------------------------------- metrics
 
 
