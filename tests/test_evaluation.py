@@ -195,3 +195,27 @@ def test_reports(tmp_path):
     path = plot_pr_curves(r, ("cat", "dog"), str(tmp_path / "pr.png"))
     img = cv2.imread(path)
     assert img is not None and img.shape[0] > 100
+
+
+def test_metrics_by_name_on_the_golden_case():
+    from detect.errors import UserError
+    from detect.evaluation import METRICS, evaluate_detections
+
+    # the case of test_duplicate_is_false_positive_and_metrics_differ, a second class without gt
+    dets = [A([0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 60, 60])], [L(0, 0, 0)], [S(0.9, 0.8, 0.7)]
+    gts = [A([0, 0, 10, 10], [20, 20, 30, 30])], [L(0, 0)], [np.array([False, False])]
+    classes = ("a", "b")
+    voc07 = evaluate_detections("voc07", *dets, *gts, classes=classes)
+    area = evaluate_detections("voc_area", *dets, *gts, classes=classes)
+    assert voc07["metric"] == "voc07" and voc07["map"] == pytest.approx(6 / 11)
+    assert area["metric"] == "voc_area" and area["map"] == pytest.approx(0.5)
+    assert np.isnan(voc07["ap"][1]) and np.isnan(area["ap"][1])
+    coco = evaluate_detections("coco", *dets, *gts, classes=classes)
+    # gt0 is found exactly (IoU 1 at every threshold) at precision 1, gt1 never: COCO's
+    # 101-point AP is the recall points 0..0.5 at precision 1, 51/101, at every IoU
+    assert coco["metric"] == "coco" and coco["map"] == pytest.approx(51 / 101) and coco["ap50"] == coco["map"]
+    assert list(coco["num_positives"]) == [2, 0] and list(coco["num_detections"]) == [3, 0]
+    assert np.isnan(coco["ap"][1])
+    assert set(METRICS) == {"voc07", "voc_area", "coco"}
+    with pytest.raises(UserError, match="unknown metric"):
+        evaluate_detections("voc12", *dets, *gts, classes=classes)
