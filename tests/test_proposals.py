@@ -372,3 +372,12 @@ def test_recall_on_real_photos():
         ann = ds.annotation(i)
         gt.append(ann.boxes[~ann.difficult])
     assert recall_at(best_overlaps(props, gt), [0.5])[0] >= 0.975
+
+
+def test_rcnn_fast_is_its_hierarchies_ranked_by_area_levels():
+    img, _ = random_regions(4, 60, 80)
+    cfg = ProposalConfig(min_size=0, max_boxes=150)
+    hierarchies = rcnn_fast_hierarchies(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), cfg)
+    expect = rank_groups([boxes for boxes, _ in hierarchies])  # one group per hierarchy
+    np.testing.assert_array_equal(compute_proposals(img, cfg), expect[:150])
+    assert not np.array_equal(expect, rank_groups([b for b, _ in hierarchies], [lv for _, lv in hierarchies]))
