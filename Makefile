@@ -22,7 +22,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) bench/proposals.py
+	$(PY) bench/proposal_recall.py
 	$(PY) bench/spp_vs_rcnn.py
 
 clean-cache:

@@ -24,7 +24,7 @@ Backends (``cfg.backend``):
     space with one strategy, in pure Python. One hierarchy gives far fewer distinct boxes
     than eight, so recall is lower; a finer segmentation (smaller ``ss_scale``) gives more
     boxes but the pure-Python merging slows down with the number of regions (about 6 s for
-    a 500 x 375 photo at scale 100). ``bench/proposals.py`` measures both; it is a
+    a 500 x 375 photo at scale 100). ``bench/proposal_recall.py`` measures both; it is a
     reference rather than a production choice.
 ``rcnn_mat`` (not computed)
     R-CNN's published ``selective_search_data/*.mat`` boxes for VOC images, imported by

@@ -198,13 +198,16 @@ def test_table9_scores_through_the_detector(trained):
     assert plain != regressed and seconds["total_excluding_proposals"] > 0
 
 
-@pytest.mark.parametrize("script", ["table9", "spp_vs_rcnn"])
-def test_bench_scripts_import_without_path_edits(script):
+@pytest.mark.parametrize("script", sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(TOOLS), "bench"))
+                                           if f.endswith(".py")))
+def test_bench_scripts_run_without_path_edits(script):
     root = os.path.dirname(TOOLS)
-    with open(os.path.join(root, "bench", f"{script}.py")) as f:
+    path = os.path.join(root, "bench", f"{script}.py")
+    with open(path) as f:
         assert "sys.path" not in f.read()
-    out = subprocess.run([sys.executable, "-m", f"bench.{script}", "--help"], cwd=root, capture_output=True, text=True)
-    assert out.returncode == 0 and "usage" in out.stdout, out.stderr
+    for argv in ([path], ["-m", f"bench.{script}"]):  # as a script and as a module
+        out = subprocess.run([sys.executable, *argv, "--help"], cwd=root, capture_output=True, text=True)
+        assert out.returncode == 0 and "usage" in out.stdout, out.stderr
 
 
 # ---------------------------------------------------------------------------- metrics

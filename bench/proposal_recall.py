@@ -22,9 +22,9 @@ beside it.
 
 Example::
 
-    python bench/proposals.py --num-images 50
-    python bench/proposals.py --backends rcnn_fast rcnn_fast/min20 --num-images 100
-    python bench/proposals.py --num-images 250 --ss-images 20   # recall on the whole split
+    python bench/proposal_recall.py --num-images 50
+    python bench/proposal_recall.py --backends rcnn_fast rcnn_fast/min20 --num-images 100
+    python bench/proposal_recall.py --num-images 250 --ss-images 20   # recall on the whole split
 """
 from __future__ import annotations
 
@@ -35,10 +35,7 @@ import sys
 import tempfile
 import time
 
-# This file is named like the `proposals` package it measures; run as a script, its own
-# directory would come first on the import path and shadow the package.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 VOC_PHOTOS = os.path.normpath(os.path.join(_HERE, "..", "..", "shared", "datasets", "voc-photos-dev", "VOC2007"))
 
 
