@@ -31,17 +31,13 @@ import platform
 import sys
 import time
 
-# bench/ holds a proposals.py, which would shadow the project's proposals package when
-# this file is run as a script (Python puts the script's directory first)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from detect import pipeline  # noqa: E402
-from detect.config import config_to_dict, load_config  # noqa: E402
-from detect.fileio import atomic_write_json  # noqa: E402
-from detect.stages import build_proposal_store, open_dataset  # noqa: E402
-from proposals.recall import best_overlaps, recall_at  # noqa: E402
+from detect import pipeline
+from detect.config import config_to_dict, load_config
+from detect.fileio import atomic_write_json
+from detect.stages import build_proposal_store, open_dataset
+from proposals.recall import best_overlaps, recall_at
 
 ROWS = ("spp", "rcnn", "compact")
 STAGES = ("conv", "warp", "pool", "fc", "svm", "nms", "bbox_reg", "total_excluding_proposals")
