@@ -15,7 +15,7 @@ from detect.config import Config, load_config, save_config
 from detect.errors import UserError
 from detect.faults import kill_point
 from detect.fileio import atomic_write_json
-from detect.stages import build_proposal_store, open_dataset
+from detect.stages import build_proposal_store, open_dataset, proposal_key
 
 __all__ = ["train", "test", "reval", "demo"]
 
@@ -60,7 +60,7 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
     dataset = open_dataset(cfg, cfg.data.train_set, num_images)
     features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
     identity = dataset_identity(dataset)
-    model_key = {"config": config_to_dict(cfg), "data": identity,
+    model_key = {"config": config_to_dict(cfg), "data": identity, "proposals": proposal_key(cfg),
                  "network": network_digest(features.trunk, features.head), "layout": WORK_LAYOUT}
     if sealed_model_key(out_dir) == stable_hash(model_key):
         log.info("%s: up to date (trained with the same settings, data and network)", out_dir)
@@ -96,12 +96,13 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
 def _resume_key(cfg: Config, sections, identity, network: str, **extra) -> str:
     """A hash of everything a resumable stage's saved state depends on: the named config
     sections, the seed, the images and annotations (:func:`dataset_identity`), the
-    network's digest and ``extra``."""
+    network's digest, the proposals' key (:func:`detect.stages.proposal_key`: a new
+    proposal algorithm invalidates the state too) and ``extra``."""
     from detect.config import config_to_dict
     from detect.fileio import stable_hash
 
     return stable_hash({section: config_to_dict(getattr(cfg, section)) for section in sections}
-                       | {"seed": cfg.seed, "data": identity, "network": network}
+                       | {"seed": cfg.seed, "data": identity, "network": network, "proposals": proposal_key(cfg)}
                        | extra)
 
 
@@ -175,7 +176,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
     # changes how they are scored, so it stays out (a cache written before the setting
     # existed keeps its key)
     test_settings = {k: v for k, v in config_to_dict(cfg.test).items() if k != "metric"}
-    det_key = {"model": model.digest, "layout": 1,
+    det_key = {"model": model.digest, "layout": 1, "proposal_store": proposal_key(cfg),
                **{s: config_to_dict(getattr(cfg, s)) for s in ("network", "proposals", "features")},
                "test": test_settings}
     dets, timings = run_test(detector.detect_with_timings, dataset, store, dataset.image_ids, out_dir, progress,

@@ -7,7 +7,7 @@ import os
 from detect.config import Config
 from detect.errors import UserError
 
-__all__ = ["open_dataset", "build_proposal_store"]
+__all__ = ["open_dataset", "build_proposal_store", "proposal_key"]
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +41,12 @@ def build_proposal_store(cfg: Config, dataset, progress: bool = True, workers: i
     return ProposalStore.build(
         cfg.proposals, ids, [dataset.image_path(i) for i in ids],
         cache_root=os.path.join(cfg.cache_dir, "proposals"), workers=workers, progress=progress)
+
+
+def proposal_key(cfg: Config) -> str:
+    """The key of the proposals ``cfg`` gives (settings, the algorithm's and the cache's
+    versions, imported files): part of the key of every output computed from them."""
+    from detect.fileio import stable_hash
+    from proposals import ProposalStore
+
+    return stable_hash(ProposalStore.cache_key(cfg.proposals))

@@ -223,6 +223,29 @@ def test_edited_annotation_retrains_from_fresh_positives(world, tmp_path):
     assert read_json(os.path.join(model, "train_report.json"))["num_positives"] == before - 1
 
 
+def test_a_new_proposal_algorithm_retrains_and_retests(world, tmp_path, monkeypatch, capsys):
+    """Same settings, same data, but proposals from another version of the algorithm: the
+    model, its work directory and the test detections computed from the old boxes are stale."""
+    import proposals.store
+
+    model, test_dir = str(tmp_path / "model"), str(tmp_path / "test")
+    shutil.copytree(world["model"], model)
+    shutil.copytree(world["out"] / "test", test_dir)
+    argv = ["--set", *world["overrides"], "--out", model, "--quiet"]
+    assert run_tool("train_svm", argv) == 0
+    assert "up to date" in capsys.readouterr().err
+    monkeypatch.setattr(proposals.store, "ALGORITHM_VERSION", proposals.store.ALGORITHM_VERSION + 100)
+    assert run_tool("train_svm", argv) == 0
+    err = capsys.readouterr().err
+    assert "up to date" not in err and "positives: reusing" not in err and "images to compute" in err
+    det_dir = os.path.join(test_dir, "detections")
+    before = {f: os.stat(os.path.join(det_dir, f)).st_mtime_ns for f in os.listdir(det_dir)}
+    assert run_tool("test_net", ["--model", model, "--out", test_dir, "--quiet"]) == 0
+    assert "6 of 6 images to compute" in capsys.readouterr().err
+    after = {f: os.stat(os.path.join(det_dir, f)).st_mtime_ns for f in os.listdir(det_dir)}
+    assert len(after) == 6 and all(after[f] != before[f] for f in before)  # every detection recomputed
+
+
 # ----------------------------------------------------------------------------- corrupt files
 
 
