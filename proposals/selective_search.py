@@ -379,7 +379,8 @@ def _grouping_state(features: dict, strategy: Sequence[str]):
 
 
 def _similarity(size, boxes, hist, t, others, image_area, strategy) -> np.ndarray:
-    """Uijlings et al.'s similarity of region t with each region in ``others`` (int64 [K]):
+    """Uijlings et al.'s similarity of region t (an id, or int64 [K] paired elementwise)
+    with each region in ``others`` (int64 [K]):
     the sum of the strategy's terms, each in [0, 1]: histogram intersections (colour,
     texture), size 1 - (s_i + s_j) / im, fill 1 - (bbox_ij - s_i - s_j) / im."""
     sim = np.minimum(hist[others], hist[t]).sum(axis=1) if hist.shape[1] else np.zeros(len(others))
@@ -410,15 +411,9 @@ def hierarchical_grouping(features: dict, pairs: np.ndarray, image_area: float,
     alive[:n] = True
     heap = []
     if len(pairs):
-        sim = np.minimum(hist[pairs[:, 0]], hist[pairs[:, 1]]).sum(axis=1) if hist.shape[1] else np.zeros(len(pairs))
-        # the same terms as _similarity, for all initial pairs at once
         a, b = pairs[:, 0], pairs[:, 1]
-        if "size" in strategy:
-            sim += 1.0 - (size[a] + size[b]) / image_area
-        if "fill" in strategy:
-            bw = np.maximum(boxes[a, 2], boxes[b, 2]) - np.minimum(boxes[a, 0], boxes[b, 0])
-            bh = np.maximum(boxes[a, 3], boxes[b, 3]) - np.minimum(boxes[a, 1], boxes[b, 1])
-            sim += 1.0 - (bw * bh - size[a] - size[b]) / image_area
+        # all initial pairs at once (region b against region a, elementwise)
+        sim = _similarity(size, boxes, hist, b, a, image_area, strategy)
         heap = list(zip((-sim).tolist(), a.tolist(), b.tolist()))
         heapq.heapify(heap)
         for i, j in pairs.tolist():
