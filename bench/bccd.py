@@ -13,8 +13,8 @@ Rows (each trains SVMs + box regressors with ``detect.pipeline.train`` and tests
   network file is missing (tools/pretrain.py).
 
 Also the proposal recall on the test images (IoU 0.5 and 0.7, boxes per image, seconds
-per image). A trained model is reused when its directory holds a finished training of
-the same config and images (``--retrain`` trains again). Prints the table and writes
+per image). A trained model is reused when its directory holds a sealed model of the
+same key (config, images, proposals, network; ``--retrain`` trains again). Prints the table and writes
 JSON (default ``bench/results/bccd.json``)::
 
     python bench/bccd.py                              # all rows
@@ -46,17 +46,21 @@ DATASETS = os.path.join("..", "shared", "datasets", "bccd", "VOC2007")
 
 def train_or_reuse(cfg, out_dir: str, num_train: int | None, retrain: bool, progress: bool) -> tuple[str, float | None]:
     """The model directory for ``cfg`` trained on the first ``num_train`` images, and the
-    training seconds (None when a finished training was reused)."""
-    marker = os.path.join(out_dir, "bench_trained.json")
-    wanted = {"config": config_to_dict(cfg), "num_train": num_train}
-    if not retrain and os.path.isfile(marker):
-        with open(marker, encoding="utf-8") as f:
-            if json.load(f).get("wanted") == json.loads(json.dumps(wanted)):
-                return out_dir, None
+    training seconds (None when the directory already held a model of the same key: the
+    whole config, the images and annotations, the proposals and the network, see
+    :func:`detect.pipeline.train`, so a model from other settings or older proposals is
+    never reused)."""
+    from detect.fileio import unseal_directory
+    from detect.model import sealed_model_key
+
+    if retrain:
+        unseal_directory(out_dir)
+    before = sealed_model_key(out_dir)
     t0 = time.perf_counter()
     pipeline.train(cfg, out_dir=out_dir, num_images=num_train, progress=progress)
     seconds = time.perf_counter() - t0
-    atomic_write_json(marker, {"wanted": wanted, "seconds": seconds})
+    if before is not None and sealed_model_key(out_dir) == before:
+        return out_dir, None
     return out_dir, seconds
 
 
@@ -77,10 +81,11 @@ def proposal_recall(cfg, num_images: int | None, progress: bool) -> dict:
 def run_row(label: str, config: str, overrides, num_train, num_test, args) -> dict:
     cfg = load_config(config, overrides)
     progress = not args.quiet
-    if cfg.network.weights not in ("imagenet", "random") and not os.path.isfile(cfg.network.weights):
+    if cfg.network.weights == pipeline.pretrained_network_path(cfg):
+        # the compact trunk, on BCCD train; a finished pretraining of the same key is reused
         t0 = time.perf_counter()
-        pipeline.run_pretraining(cfg, progress=progress)  # the compact trunk, on BCCD train
-        print(f"{label}: pretrained {cfg.network.weights} in {time.perf_counter() - t0:.0f} s", flush=True)
+        pipeline.run_pretraining(cfg, progress=progress)
+        print(f"{label}: pretrained {cfg.network.weights} ({time.perf_counter() - t0:.0f} s)", flush=True)
     out_dir = os.path.join(cfg.output_dir, "bench_bccd", label, "model")
     model_dir, train_s = train_or_reuse(cfg, out_dir, num_train, args.retrain, progress)
     results, test_dir = pipeline.test(model_dir, num_images=num_test, progress=progress)
