@@ -25,7 +25,9 @@ from typing import Any, Callable
 
 import yaml
 
+from detect.datasets import DATASETS
 from detect.errors import UserError
+from detect.evaluation import METRICS
 from detect.fileio import atomic_write_text, stable_hash
 from proposals.config import ProposalConfig
 from proposals.selective_search import BACKENDS, IMPORTED_BACKEND
@@ -62,13 +64,17 @@ class ConfigError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    # VOC2007-layout directory holding JPEGImages/, Annotations/, ImageSets/Main/
+    # annotation format, a key of detect.datasets.DATASETS: voc | coco
+    format: str = "voc"
+    # voc: VOC2007-layout directory holding JPEGImages/, Annotations/, ImageSets/Main/;
+    # coco: directory holding annotations/instances_<set>.json and <set>/ (the images)
     root: str = "data/builtin/VOC2007"
     # image set used for training (SVMs, regressors, fine-tuning)
     train_set: str = "trainval"
     # image set used by test_net
     test_set: str = "test"
-    # class names in label order; empty: inferred from ImageSets/Main/<class>_<set>.txt
+    # class names in label order; empty: inferred (voc: ImageSets/Main/<class>_<set>.txt;
+    # coco: every category, in category-id order)
     classes: tuple[str, ...] = ()
     # "difficult" ground truth used as training positives (R-CNN/SPP-net scripts: yes)
     train_difficult: bool = True
@@ -164,7 +170,7 @@ class TestConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    # VOC-layout root of the pretraining images ("" = data.root): the role ImageNet plays
+    # root of the pretraining images, in data.format's layout ("" = data.root): the role ImageNet plays
     # for the paper, a larger set than the detector's own training images
     root: str = ""
     # image set whose object and background crops train the classifier
@@ -357,6 +363,7 @@ RULES: dict[str, Any] = {
     "output_dir": text(),
     "cache_dir": text(),
     "seed": SEED,
+    "data.format": Choice(tuple(DATASETS), "dataset format"),
     "data.root": text(),
     "data.train_set": PLAIN_NAME,
     "data.test_set": PLAIN_NAME,
@@ -420,7 +427,7 @@ RULES: dict[str, Any] = {
     "test.nms_iou": FRACTION,
     "test.max_per_class": POSITIVE_INT,
     "test.score_threshold": number(allow_neg_inf=True),
-    "test.metric": Choice(("voc07", "voc_area", "coco"), "metric"),  # detect.evaluation.METRICS
+    "test.metric": Choice(tuple(METRICS), "metric"),
     "pretrain.root": text(non_empty=False),
     "pretrain.train_set": PLAIN_NAME,
     "pretrain.val_set": PLAIN_NAME,
