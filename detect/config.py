@@ -46,6 +46,8 @@ __all__ = [
     "ProposalConfig",
     "SVMConfig",
     "load_config",
+    "find_config",
+    "builtin_config_dir",
     "build_config",
     "config_to_dict",
     "save_config",
@@ -595,6 +597,36 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+def builtin_config_dir() -> str:
+    """The directory of the built-in configs: ``detect/configs/`` inside an installed
+    package (the wheel ships the checkout's ``configs/`` there, see pyproject.toml), else
+    the ``configs/`` directory of the checkout this package runs from (a source checkout
+    or an editable install)."""
+    from importlib.resources import files
+
+    installed = files("detect").joinpath("configs")
+    if installed.is_dir():
+        return str(installed)
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def find_config(path: str) -> str:
+    """``path`` when that file exists; else, for a built-in config named by its file name
+    (``default.yaml``, ``default``) or by its checkout path (``configs/default.yaml``),
+    that config's file in :func:`builtin_config_dir`; else ``path`` unchanged (the
+    reader then reports it as not found)."""
+    if os.path.isfile(path) or os.path.isabs(path):
+        return path
+    folder, name = os.path.split(os.path.normpath(path))
+    if folder not in ("", "configs"):
+        return path
+    for candidate in (name, name + ".yaml"):
+        builtin = os.path.join(builtin_config_dir(), candidate)
+        if os.path.isfile(builtin):
+            return builtin
+    return path
+
+
 def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
     path = os.path.abspath(path)
     if path in seen:
@@ -610,7 +642,11 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"{path}: top level must be a mapping")
     base = values.pop("_base_", None)
     if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: _base_ must name a config file, got {base!r}")
         base_path = os.path.join(os.path.dirname(path), base)
+        if not os.path.isfile(base_path):
+            base_path = find_config(base)  # a built-in config named from another directory
         values = _deep_merge(_read_yaml(base_path, seen + (path,)), values)
     return values
 
@@ -643,11 +679,15 @@ def load_config(
     path: str | None = None, overrides: list[str] | None = None, base: Config | None = None
 ) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+    ``path`` may name a built-in config (``default.yaml``, ``configs/default.yaml``) from
+    any directory, also when the package is installed without its checkout
+    (:func:`find_config`).
 
     With ``base``, the file's and the overrides' keys are merged over that config instead
     of over the defaults (how a trained model's config is adjusted at test time).
     """
     values = config_to_dict(base) if base is not None else {}
+    path = find_config(path) if path else path
     values = _deep_merge(values, _read_yaml(path) if path else {})
     values = _deep_merge(values, parse_overrides(overrides))
     try:

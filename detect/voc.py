@@ -1,4 +1,4 @@
-"""PASCAL VOC-style datasets: image sets, XML annotations, images (numpy + OpenCV/PIL).
+"""PASCAL VOC-style datasets: image sets, XML annotations, images (numpy + OpenCV).
 
 ``root`` is a VOC2007-layout directory::
 
