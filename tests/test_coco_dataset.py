@@ -302,3 +302,26 @@ def test_train_and_test_on_coco_give_the_voc_results(voc_root, coco_root, tmp_pa
 @pytest.mark.slow
 def test_train_and_test_on_every_image_of_coco_give_the_voc_results(voc_root, coco_root, tmp_path):
     assert_same_results(train_and_test_both_formats(voc_root, coco_root, tmp_path))
+
+
+@pytest.mark.slow
+def test_an_edited_json_retrains_from_fresh_positives(coco_root, tmp_path, capsys):
+    root = shutil.copytree(coco_root, tmp_path / "copy")
+    model = str(tmp_path / "model")
+    argv = ["--set", f"data.root={root}", "data.format=coco", f"cache_dir={tmp_path / 'cache'}",
+            f"output_dir={tmp_path / 'out'}", "network.fc_dim=64", "network.weights=random", "features.scales=[300]",
+            "proposals.max_boxes=300", "--out", model, "--quiet", "--num-images", "4"]
+    assert run_tool("train_svm", argv) == 0
+    with open(os.path.join(model, "train_report.json")) as f:
+        before = json.load(f)["num_positives"]
+    assert run_tool("train_svm", argv) == 0 and "up to date" in capsys.readouterr().err
+    path = root / "annotations" / "instances_trainval.json"
+    data = json.loads(path.read_text())
+    first = min(img["id"] for img in data["images"])
+    drop = next(a for a in data["annotations"] if a["image_id"] == first and not a["iscrowd"])
+    data["annotations"].remove(drop)
+    path.write_text(json.dumps(data))
+    assert run_tool("train_svm", argv) == 0
+    assert "up to date" not in capsys.readouterr().err
+    with open(os.path.join(model, "train_report.json")) as f:
+        assert json.load(f)["num_positives"] == before - 1
