@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable
 
-from detect.config import Config, load_config, save_config
+from detect.config import Config, builtin_config_dir, load_config, save_config
 from detect.errors import UserError
 
 __all__ = [
@@ -27,12 +27,12 @@ __all__ = [
     "BUILTIN_FIVE_SCALES",
 ]
 
-# The built-in default experiment (generated dataset, compact trunk).
 # The built-in default's five test scales: the paper's {480, 576, 688, 864, 1200} times
 # 480 / 688 (its one scale, 480, plays the paper's 688), rounded to multiples of 16
 BUILTIN_FIVE_SCALES = (336, 400, 480, 608, 832)
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
+# The built-in default experiment (generated dataset, compact trunk).
+DEFAULT_CONFIG = os.path.join(builtin_config_dir(), "default.yaml")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:

@@ -25,7 +25,9 @@ from typing import Any, Callable
 
 import yaml
 
+from detect.datasets import DATASETS
 from detect.errors import UserError
+from detect.evaluation import METRICS
 from detect.fileio import atomic_write_text, stable_hash
 from proposals.config import ProposalConfig
 from proposals.selective_search import BACKENDS, IMPORTED_BACKEND
@@ -44,6 +46,8 @@ __all__ = [
     "ProposalConfig",
     "SVMConfig",
     "load_config",
+    "find_config",
+    "builtin_config_dir",
     "build_config",
     "config_to_dict",
     "save_config",
@@ -62,13 +66,17 @@ class ConfigError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    # VOC2007-layout directory holding JPEGImages/, Annotations/, ImageSets/Main/
+    # annotation format, a key of detect.datasets.DATASETS: voc | coco
+    format: str = "voc"
+    # voc: VOC2007-layout directory holding JPEGImages/, Annotations/, ImageSets/Main/;
+    # coco: directory holding annotations/instances_<set>.json and <set>/ (the images)
     root: str = "data/builtin/VOC2007"
     # image set used for training (SVMs, regressors, fine-tuning)
     train_set: str = "trainval"
     # image set used by test_net
     test_set: str = "test"
-    # class names in label order; empty: inferred from ImageSets/Main/<class>_<set>.txt
+    # class names in label order; empty: inferred (voc: ImageSets/Main/<class>_<set>.txt;
+    # coco: every category, in category-id order)
     classes: tuple[str, ...] = ()
     # "difficult" ground truth used as training positives (R-CNN/SPP-net scripts: yes)
     train_difficult: bool = True
@@ -164,7 +172,7 @@ class TestConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    # VOC-layout root of the pretraining images ("" = data.root): the role ImageNet plays
+    # root of the pretraining images, in data.format's layout ("" = data.root): the role ImageNet plays
     # for the paper, a larger set than the detector's own training images
     root: str = ""
     # image set whose object and background crops train the classifier
@@ -357,6 +365,7 @@ RULES: dict[str, Any] = {
     "output_dir": text(),
     "cache_dir": text(),
     "seed": SEED,
+    "data.format": Choice(tuple(DATASETS), "dataset format"),
     "data.root": text(),
     "data.train_set": PLAIN_NAME,
     "data.test_set": PLAIN_NAME,
@@ -420,7 +429,7 @@ RULES: dict[str, Any] = {
     "test.nms_iou": FRACTION,
     "test.max_per_class": POSITIVE_INT,
     "test.score_threshold": number(allow_neg_inf=True),
-    "test.metric": Choice(("voc07", "voc_area", "coco"), "metric"),  # detect.evaluation.METRICS
+    "test.metric": Choice(tuple(METRICS), "metric"),
     "pretrain.root": text(non_empty=False),
     "pretrain.train_set": PLAIN_NAME,
     "pretrain.val_set": PLAIN_NAME,
@@ -588,6 +597,36 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+def builtin_config_dir() -> str:
+    """The directory of the built-in configs: ``detect/configs/`` inside an installed
+    package (the wheel ships the checkout's ``configs/`` there, see pyproject.toml), else
+    the ``configs/`` directory of the checkout this package runs from (a source checkout
+    or an editable install)."""
+    from importlib.resources import files
+
+    installed = files("detect").joinpath("configs")
+    if installed.is_dir():
+        return str(installed)
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def find_config(path: str) -> str:
+    """``path`` when that file exists; else, for a built-in config named by its file name
+    (``default.yaml``, ``default``) or by its checkout path (``configs/default.yaml``),
+    that config's file in :func:`builtin_config_dir`; else ``path`` unchanged (the
+    reader then reports it as not found)."""
+    if os.path.isfile(path) or os.path.isabs(path):
+        return path
+    folder, name = os.path.split(os.path.normpath(path))
+    if folder not in ("", "configs"):
+        return path
+    for candidate in (name, name + ".yaml"):
+        builtin = os.path.join(builtin_config_dir(), candidate)
+        if os.path.isfile(builtin):
+            return builtin
+    return path
+
+
 def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
     path = os.path.abspath(path)
     if path in seen:
@@ -603,7 +642,11 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"{path}: top level must be a mapping")
     base = values.pop("_base_", None)
     if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: _base_ must name a config file, got {base!r}")
         base_path = os.path.join(os.path.dirname(path), base)
+        if not os.path.isfile(base_path):
+            base_path = find_config(base)  # a built-in config named from another directory
         values = _deep_merge(_read_yaml(base_path, seen + (path,)), values)
     return values
 
@@ -636,11 +679,15 @@ def load_config(
     path: str | None = None, overrides: list[str] | None = None, base: Config | None = None
 ) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+    ``path`` may name a built-in config (``default.yaml``, ``configs/default.yaml``) from
+    any directory, also when the package is installed without its checkout
+    (:func:`find_config`).
 
     With ``base``, the file's and the overrides' keys are merged over that config instead
     of over the defaults (how a trained model's config is adjusted at test time).
     """
     values = config_to_dict(base) if base is not None else {}
+    path = find_config(path) if path else path
     values = _deep_merge(values, _read_yaml(path) if path else {})
     values = _deep_merge(values, parse_overrides(overrides))
     try:

@@ -37,7 +37,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -57,6 +58,7 @@ __all__ = [
     "plot_pr_curves",
     "ResultFileError",
     "METRICS",
+    "Metric",
     "evaluate_detections",
 ]
 
@@ -246,14 +248,27 @@ def _eval_coco(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_dif
             "num_detections": np.bincount(dets, minlength=k)[:k]}
 
 
-# test.metric -> evaluator: fn(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels,
-# gt_difficult, classes) -> {"map", "ap" [K], "num_positives" [K], "num_detections" [K], ...};
-# the VOC ones add "precision" and "recall" (for the PR plot), COCO "ap50" and "ap75".
-# detect/config.py's RULES["test.metric"] lists the same names (a test keeps them equal).
+@dataclass(frozen=True)
+class Metric:
+    """One evaluation ``test.metric`` can name: ``evaluate(pred_boxes, pred_labels,
+    pred_scores, gt_boxes, gt_labels, gt_difficult, classes)`` -> {"map", "ap" [K],
+    "num_positives" [K], "num_detections" [K], ...} (the VOC ones add "precision" and
+    "recall" for the PR plot, COCO "ap50" and "ap75"); ``title`` names its main number in
+    tables and plot titles."""
+
+    evaluate: Callable[..., dict]
+    title: str
+
+
+# test.metric -> evaluation: the one registry of metrics (detect/config.py's
+# RULES["test.metric"] and tools/reval.py's --metric choices read its keys)
 METRICS = {
-    "voc07": _eval_voc07,  # VOC2007 devkit: 11-point interpolated AP at IoU 0.5
-    "voc_area": _eval_voc_area,  # VOC2010+: area under the monotone precision envelope, IoU 0.5
-    "coco": _eval_coco,  # pycocotools: AP averaged over IoU 0.5:0.05:0.95 (coco_eval.py)
+    # VOC2007 devkit: 11-point interpolated AP at IoU 0.5
+    "voc07": Metric(_eval_voc07, "mAP (VOC07 11-point)"),
+    # VOC2010+: area under the monotone precision envelope, IoU 0.5
+    "voc_area": Metric(_eval_voc_area, "mAP (VOC area)"),
+    # pycocotools: AP averaged over IoU 0.5:0.05:0.95 (coco_eval.py)
+    "coco": Metric(_eval_coco, "mAP@[.5:.95] (COCO)"),
 }
 
 
@@ -265,7 +280,7 @@ def evaluate_detections(metric: str, pred_boxes, pred_labels, pred_scores, gt_bo
     ``num_detections`` int [K], and ``metric``."""
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
-    result = METRICS[metric](pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficult, classes)
+    result = METRICS[metric].evaluate(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficult, classes)
     result["metric"] = metric
     return result
 

@@ -35,11 +35,8 @@ def _add_file_handler(path: str) -> logging.Handler:
 
 def dataset_identity(dataset) -> list:
     """What a dataset's outputs depend on: per image (in order), its id and the content
-    digests of its image and annotation files."""
-    from detect.fileio import file_digest
-
-    ids = list(dataset.image_ids)
-    return [[i, file_digest(dataset.image_path(i)), file_digest(dataset.annotation_path(i))] for i in ids]
+    digests of its image and annotation files (:meth:`detect.dataset.DetectionDataset.identity`)."""
+    return dataset.identity()
 
 
 def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None, progress: bool = True) -> str:
@@ -160,7 +157,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
     output directory)."""
     from detect.config import config_to_dict
     from detect.detector_api import Detector
-    from detect.evaluation import write_voc_results
+    from detect.evaluation import METRICS, write_voc_results
     from detect.testing import median_timings, run_test
 
     detector = Detector.load(model_dir, device=None, overrides=overrides, config_path=config_path, method=method)
@@ -185,7 +182,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
                       [d.boxes for d in dets], [d.labels for d in dets], [d.scores for d in dets])
     ev = _evaluate(cfg.test.metric, dets, dataset, model.classes)
     _plot(ev, model.classes, os.path.join(out_dir, "pr_curves.png"),
-          f"{cfg.name} ({cfg.features.method}), {_METRIC_NAMES[cfg.test.metric]} {ev['map']:.3f}")
+          f"{cfg.name} ({cfg.features.method}), {METRICS[cfg.test.metric].title} {ev['map']:.3f}")
     results = {
         "method": cfg.features.method,
         "config": cfg.name,
@@ -202,10 +199,6 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
     atomic_write_json(os.path.join(out_dir, "results.json"), results)
     results["table"] = _table(ev, model.classes)
     return results, out_dir
-
-
-# how each test.metric's main number is called in tables and plot titles
-_METRIC_NAMES = {"voc07": "mAP (VOC07 11-point)", "voc_area": "mAP (VOC area)", "coco": "mAP@[.5:.95] (COCO)"}
 
 
 def _evaluate(metric: str, dets, dataset, classes) -> dict:
@@ -228,11 +221,11 @@ def _metric_results(ev: dict, classes) -> dict:
 
 
 def _table(ev: dict, classes) -> str:
-    from detect.evaluation import format_ap_table
+    from detect.evaluation import METRICS, format_ap_table
 
     extra = "".join(f"\n{k.upper():<{max([len(c) for c in classes] + [5])}}  {ev[k]:6.3f}"
                     for k in ("ap50", "ap75") if k in ev)
-    return f"{_METRIC_NAMES[ev['metric']]}\n{format_ap_table(ev, classes)}{extra}"
+    return f"{METRICS[ev['metric']].title}\n{format_ap_table(ev, classes)}{extra}"
 
 
 def _plot(ev: dict, classes, path: str, title: str) -> None:
@@ -266,7 +259,7 @@ def reval(test_dir: str, metric: str | None = None, out_path: str | None = None)
     if missing:
         raise UserError(f"{det_path}: {len(missing)} images not in {cfg.data.root}/{cfg.data.test_set} "
                         f"(first: {missing[0]})")
-    dataset.image_ids = image_ids
+    dataset = dataset.subset(image_ids)
     dets = split_detections(arrays, len(image_ids))
     ev = _evaluate(metric, dets, dataset, dataset.classes)
     results = {"detections": os.path.abspath(det_path), "image_set": cfg.data.test_set,

@@ -13,20 +13,25 @@ log = logging.getLogger(__name__)
 
 
 def open_dataset(cfg: Config, image_set: str, num_images: int | None = None):
-    """The image set ``image_set`` of ``cfg.data.root`` (its first ``num_images`` images),
-    every annotation parsed, so that a malformed file is an error before any long stage.
+    """The image set ``image_set`` of ``cfg.data.root`` in the format ``cfg.data.format``
+    (a :class:`detect.dataset.DetectionDataset` of :data:`detect.datasets.DATASETS`; its
+    first ``num_images`` images), every annotation read, so that a malformed file is an
+    error before any long stage.
 
     With ``data.classes`` given, objects of the dataset's other classes are ignored (one
     INFO line counts them); with ``data.classes`` empty every class name must be known.
     """
-    from detect.voc import VOCDataset
+    from detect.datasets import DATASETS
 
+    if cfg.data.format not in DATASETS:
+        raise UserError(f"data.format: unknown dataset format {cfg.data.format!r} (known: {', '.join(DATASETS)})")
     explicit = bool(cfg.data.classes)
-    ds = VOCDataset(cfg.data.root, image_set, classes=cfg.data.classes or None, ignore_other_classes=explicit)
+    ds = DATASETS[cfg.data.format](cfg.data.root, image_set, classes=cfg.data.classes or None,
+                                   ignore_other_classes=explicit)
     if num_images is not None:
         if num_images <= 0:
             raise UserError(f"--num-images must be positive, got {num_images}")
-        ds.image_ids = ds.image_ids[:num_images]
+        ds = ds.subset(ds.image_ids[:num_images])
     ignored = ds.check_annotations()
     if ignored:
         log.info("%s/%s: ignored %d objects of %d classes not in data.classes: %s", cfg.data.root, image_set,

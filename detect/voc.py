@@ -1,4 +1,4 @@
-"""PASCAL VOC-style datasets: image sets, XML annotations, images (numpy + OpenCV/PIL).
+"""PASCAL VOC-style datasets: image sets, XML annotations, images (numpy + OpenCV).
 
 ``root`` is a VOC2007-layout directory::
 
@@ -24,12 +24,12 @@ import logging
 import math
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from detect.boxes import voc_to_internal
+from detect.dataset import Annotation, DetectionDataset
 from detect.errors import DatasetError
 
 __all__ = [
@@ -54,23 +54,6 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )
-
-
-@dataclass(frozen=True)
-class Annotation:
-    """Ground truth of one image. boxes float32 [N, 4] internal convention; labels int64
-    [N] indexing the dataset's classes; difficult, truncated bool [N]."""
-
-    image_id: str
-    width: int
-    height: int
-    boxes: np.ndarray
-    labels: np.ndarray
-    difficult: np.ndarray
-    truncated: np.ndarray
-    # names of the objects skipped because their class is not among the dataset's classes
-    # (only with ignore_other_classes), one entry per object
-    ignored_classes: tuple[str, ...] = ()
 
 
 def _main_dir(root: str) -> str:
@@ -262,9 +245,10 @@ def load_image(path: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-class VOCDataset:
-    """One image set of a VOC-layout dataset. Annotations are parsed on first use and kept
-    in memory only (no annotation cache on disk that could go stale)."""
+class VOCDataset(DetectionDataset):
+    """One image set of a VOC-layout dataset (:class:`detect.dataset.DetectionDataset`).
+    Annotations are parsed on first use and kept in memory only (no annotation cache on
+    disk that could go stale)."""
 
     def __init__(self, root: str, image_set: str, classes: Sequence[str] | None = None,
                  ignore_other_classes: bool = False):
@@ -279,12 +263,6 @@ class VOCDataset:
             if not os.path.isdir(os.path.join(root, sub)):
                 raise DatasetError(f"{os.path.join(root, sub)}: directory not found")
         self._annotations: dict[str, Annotation] = {}
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def __repr__(self) -> str:
-        return f"VOCDataset({self.root!r}, {self.image_set!r}, {len(self)} images, {len(self.classes)} classes)"
 
     def image_path(self, image_id: str) -> str:
         base = os.path.join(self.root, "JPEGImages", image_id)
@@ -303,9 +281,6 @@ class VOCDataset:
             self._annotations[image_id] = ann
         return ann
 
-    def load_image(self, image_id: str) -> np.ndarray:
-        return load_image(self.image_path(image_id))
-
     def check_annotations(self) -> dict[str, int]:
         """Parse every annotation file that exists now, so that a malformed one is an error
         before any long stage starts (images without an annotation file are left to fail
@@ -317,8 +292,3 @@ class VOCDataset:
                 for name in self.annotation(image_id).ignored_classes:
                     ignored[name] = ignored.get(name, 0) + 1
         return dict(sorted(ignored.items()))
-
-    def gt_lists(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-        """Per image, in ``image_ids`` order: boxes [N, 4], labels [N], difficult [N]."""
-        anns = [self.annotation(i) for i in self.image_ids]
-        return [a.boxes for a in anns], [a.labels for a in anns], [a.difficult for a in anns]

@@ -20,8 +20,9 @@ import argparse
 import sys
 
 from detect.cli import run_tool, setup_logging
+from detect.evaluation import METRICS
 
-METRIC_CHOICES = ("voc07", "voc_area", "coco")  # detect.evaluation.METRICS
+METRIC_CHOICES = tuple(METRICS)
 
 
 def build_parser() -> argparse.ArgumentParser:
