@@ -1,7 +1,7 @@
 """Class-specific bounding-box regression (R-CNN appendix C; SPP-net section 4).
 
 Per class, a ridge regression from a window's feature vector (pool5 in the papers) to the
-targets ``(tx, ty, tw, th)`` of :func:`detect.boxes.bbox_targets`, trained on proposals
+targets ``(tx, ty, tw, th)`` of :func:`sppcore.boxes.bbox_targets`, trained on proposals
 whose IoU with their best ground truth is at least ``min_iou`` (SPP-net code: 0.5,
 lambda 4000; R-CNN: 0.6, lambda 1000). As in R-CNN's code the targets are centred before
 the fit (the mean is added back at prediction) and the bias is not penalised.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detect.boxes import apply_bbox_deltas, bbox_targets, box_iou
+from sppcore.boxes import apply_bbox_deltas, bbox_targets, box_iou
 
 __all__ = [
     "BoxRegressor",

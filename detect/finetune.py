@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detect.boxes import box_iou
-from detect.faults import kill_point
-from detect.fileio import atomic_open
+from sppcore.boxes import box_iou
+from sppcore.faults import kill_point
+from sppcore.fileio import atomic_open
 
 __all__ = ["label_windows", "finetune_head"]
 

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detect.boxes import box_iou
-from detect.faults import kill_point
 from detect.features import scaled_size, warp_windows
 from detect.spp import pool_whole_map, project_windows_to_map
 from detect.trunks import FCHead, Trunk
+from sppcore.boxes import box_iou
+from sppcore.faults import kill_point
 
 __all__ = ["CropSampler", "PretrainResult", "pretrain", "evaluate_accuracy", "evaluate_image_accuracy"]
 

@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from detect.bbox_regression import BoxRegressor, fit_box_regressor, select_regression_examples
 from detect.config import Config
-from detect.errors import UserError
-from detect.faults import kill_point
-from detect.fileio import atomic_save_npz, load_npz_or_none
+from sppcore.errors import UserError
+from sppcore.faults import kill_point
+from sppcore.fileio import atomic_save_npz, load_npz_or_none
 from svm.mining import (HardNegativeMiner, compute_feature_scale, feature_norms, feature_scale_from_norms,
                         select_negative_candidates)
 

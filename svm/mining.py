@@ -31,8 +31,8 @@ import time
 
 import numpy as np
 
-from detect.boxes import as_boxes, box_area, box_iou
-from detect.errors import UserError
+from sppcore.boxes import as_boxes, box_area, box_iou
+from sppcore.errors import UserError
 from svm.config import SVMConfig
 from svm.solver import train_linear_svm
 
@@ -546,7 +546,7 @@ class HardNegativeMiner:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
-        """``(arrays, meta)``: arrays for :func:`detect.fileio.atomic_save_npz` (no pickle;
+        """``(arrays, meta)``: arrays for :func:`sppcore.fileio.atomic_save_npz` (no pickle;
         the store's pages are passed as they are, not copied) and a JSON-able dict."""
         arrays: dict[str, np.ndarray] = {
             "weights": self.weights,
