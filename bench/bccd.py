@@ -35,9 +35,9 @@ import numpy as np
 
 from detect import pipeline
 from detect.config import config_to_dict, load_config
-from detect.fileio import atomic_write_json
 from detect.stages import build_proposal_store, open_dataset
 from proposals.recall import best_overlaps, recall_at
+from sppcore.fileio import atomic_write_json
 
 ROWS = ("spp", "rcnn", "compact")
 STAGES = ("conv", "warp", "pool", "fc", "svm", "nms", "bbox_reg", "total_excluding_proposals")
@@ -50,8 +50,8 @@ def train_or_reuse(cfg, out_dir: str, num_train: int | None, retrain: bool, prog
     whole config, the images and annotations, the proposals and the network, see
     :func:`detect.pipeline.train`, so a model from other settings or older proposals is
     never reused)."""
-    from detect.fileio import unseal_directory
     from detect.model import sealed_model_key
+    from sppcore.fileio import unseal_directory
 
     if retrain:
         unseal_directory(out_dir)

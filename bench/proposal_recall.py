@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import cv2
 
-    from detect.fileio import atomic_write_json
     from proposals.report import format_proposal_table, plot_recall_curves
+    from sppcore.fileio import atomic_write_json
 
     variants = [(name, cfg) for name, cfg in _variants() if not args.backends or name in args.backends]
     if not variants:

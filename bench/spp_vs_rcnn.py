@@ -74,11 +74,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from detect.config import NetworkConfig
     from detect.features import RCNNFeatures, SPPFeatures, compress_head, resolve_device
-    from detect.fileio import atomic_write_json
     from detect.spp import spatial_pyramid_pool
     from detect.synthetic import generate_synthetic_voc
     from detect.trunks import build_network
     from detect.voc import VOCDataset
+    from sppcore.fileio import atomic_write_json
     from torchvision.ops import roi_pool
 
     torch.manual_seed(0)

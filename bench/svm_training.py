@@ -187,7 +187,7 @@ def bench_mining(model: FeatureModel, args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from detect.fileio import atomic_write_json
+    from sppcore.fileio import atomic_write_json
 
     model = FeatureModel(args.classes, args.dim, args.seed)
     result = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}

@@ -29,9 +29,9 @@ from detect.cli import BUILTIN_FIVE_SCALES
 from detect.config import load_config
 from detect.detector_api import Detector
 from detect.evaluation import evaluate_detections
-from detect.fileio import atomic_write_json
 from detect.stages import build_proposal_store, open_dataset
 from detect.testing import median_timings
+from sppcore.fileio import atomic_write_json
 
 FIVE_SCALES = list(BUILTIN_FIVE_SCALES)  # tools/quickstart.py's five scales for the default
 

@@ -1,7 +1,7 @@
 """Class-specific bounding-box regression (R-CNN appendix C; SPP-net section 4).
 
 Per class, a ridge regression from a window's feature vector (pool5 in the papers) to the
-targets ``(tx, ty, tw, th)`` of :func:`detect.boxes.bbox_targets`, trained on proposals
+targets ``(tx, ty, tw, th)`` of :func:`sppcore.boxes.bbox_targets`, trained on proposals
 whose IoU with their best ground truth is at least ``min_iou`` (SPP-net code: 0.5,
 lambda 4000; R-CNN: 0.6, lambda 1000). As in R-CNN's code the targets are centred before
 the fit (the mean is added back at prediction) and the bias is not penalised.
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detect.boxes import apply_bbox_deltas, bbox_targets, box_iou
+from sppcore.boxes import apply_bbox_deltas, bbox_targets
+from sppcore.matcher import FOREGROUND, regression_matcher
 
 __all__ = [
     "BoxRegressor",
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 def select_regression_examples(proposals, gt_boxes, gt_labels, min_iou: float,
                                max_per_object: int = 0, rng: np.random.Generator | None = None):
-    """Proposals matched to their best ground truth with IoU >= ``min_iou``.
+    """Proposals matched to their best ground truth with IoU >= ``min_iou``
+    (:func:`sppcore.matcher.regression_matcher`).
 
     Returns ``(index [M] into proposals, matched gt box [M, 4], label [M])``, indices
     ascending. Ground-truth boxes themselves are valid examples too (IoU 1) when they are
@@ -42,12 +44,9 @@ def select_regression_examples(proposals, gt_boxes, gt_labels, min_iou: float,
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     gt_boxes = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
-    if len(proposals) == 0 or len(gt_boxes) == 0:
-        return np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    iou = box_iou(proposals, gt_boxes)
-    best = iou.argmax(axis=1)
-    best_iou = iou[np.arange(len(proposals)), best]
-    keep = np.flatnonzero(best_iou >= min_iou)
+    matches = regression_matcher(min_iou).match_boxes(proposals, gt_boxes)
+    best, best_iou = matches.gt_index, matches.iou
+    keep = np.flatnonzero(matches.labels == FOREGROUND)
     if max_per_object > 0:
         rng = rng if rng is not None else np.random.default_rng(0)
         kept = []

@@ -14,7 +14,7 @@ import sys
 from typing import Callable
 
 from detect.config import Config, builtin_config_dir, load_config, save_config
-from detect.errors import UserError
+from sppcore.errors import UserError
 
 __all__ = [
     "UserError",

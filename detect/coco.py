@@ -11,15 +11,15 @@ objects of classes outside ``data.classes``). Labels are contiguous, 0..K-1 in t
 
 An image's id is its file name without the extension (it names the image's cache files,
 so it must be unique in the set). Boxes are converted at this border from COCO's
-``[x, y, w, h]`` with :func:`detect.boxes.xywh_to_xyxy` (inverse
-:func:`detect.boxes.xyxy_to_xywh`; :mod:`detect.coco_eval` writes COCO json the same
+``[x, y, w, h]`` with :func:`sppcore.boxes.xywh_to_xyxy` (inverse
+:func:`sppcore.boxes.xyxy_to_xywh`; :mod:`detect.coco_eval` writes COCO json the same
 way): COCO's coordinates are already 0-based and continuous (a box over pixel columns
 0..9 has ``x = 0, w = 10``), so no pixel offset is added, unlike VOC's 1-based XML.
 ``iscrowd`` objects are marked difficult: the evaluation ignores them as it ignores
 VOC's difficult objects. Boxes reaching outside the image are clipped, boxes with no
 area left are dropped; each is counted in one warning per json.
 
-Bad input raises :class:`detect.errors.DatasetError` in one line naming the file: a
+Bad input raises :class:`sppcore.errors.DatasetError` in one line naming the file: a
 missing directory or json, a file that is not an instances json, an images or
 categories list that is missing or empty, an entry without a field the conversion needs,
 a category in ``data.classes`` that the json does not have.
@@ -35,9 +35,9 @@ from typing import Sequence
 
 import numpy as np
 
-from detect.boxes import xywh_to_xyxy
+from sppcore.boxes import xywh_to_xyxy
 from detect.dataset import Annotation, DetectionDataset
-from detect.errors import DatasetError
+from sppcore.errors import DatasetError
 
 __all__ = ["COCODataset", "coco_annotation_file", "coco_image_dir"]
 

@@ -26,11 +26,11 @@ from typing import Any, Callable
 import yaml
 
 from detect.datasets import DATASETS
-from detect.errors import UserError
 from detect.evaluation import METRICS
-from detect.fileio import atomic_write_text, stable_hash
 from proposals.config import ProposalConfig
 from proposals.selective_search import BACKENDS, IMPORTED_BACKEND
+from sppcore.errors import UserError
+from sppcore.fileio import atomic_write_text, stable_hash
 from svm.config import SVMConfig
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 An implementation (``detect/voc.py``, ``detect/coco.py``) reads one image set of one
 annotation format and converts its boxes, at that border, to the internal float32
-0-based continuous ``(x1, y1, x2, y2)`` of :mod:`detect.boxes`. Everything downstream
+0-based continuous ``(x1, y1, x2, y2)`` of :mod:`sppcore.boxes`. Everything downstream
 (proposals, features, training, testing, evaluation) sees only this interface;
 :data:`detect.datasets.DATASETS` maps ``data.format`` to the implementation.
 
@@ -24,7 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from detect.errors import DatasetError
+from sppcore import images
+from sppcore.errors import DatasetError
 
 __all__ = ["Annotation", "DetectionDataset"]
 
@@ -81,9 +82,7 @@ class DetectionDataset(abc.ABC):
 
     def load_image(self, image_id: str) -> np.ndarray:
         """RGB uint8 ``[H, W, 3]`` of ``image_id``."""
-        from detect.voc import load_image
-
-        return load_image(self.image_path(image_id))
+        return images.load_image(self.image_path(image_id))
 
     def subset(self, image_ids: Sequence[str]) -> "DetectionDataset":
         """The same dataset restricted to ``image_ids`` (each one of its images), in that
@@ -116,7 +115,7 @@ class DetectionDataset(abc.ABC):
         id and the content digests of its image file and of its annotation file. A model,
         a work directory or a detection cache keyed by it is never reused after an image
         or an annotation changes."""
-        from detect.fileio import file_digest
+        from sppcore.fileio import file_digest
 
         out = []
         for image_id in self.image_ids:

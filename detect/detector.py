@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detect.boxes import as_boxes, clip_boxes, nms
+from sppcore.boxes import as_boxes, clip_boxes, nms
 
 __all__ = [
     "Detections",

@@ -24,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from detect.errors import UserError
 from detect.testing import WindowScores, detections_from_window_scores, score_image
+from sppcore.errors import UserError
 
 __all__ = ["Detector"]
 
@@ -56,7 +56,7 @@ class Detector:
     * ``boxes``: float32 [N, 4], ``(x1, y1, x2, y2)`` in absolute pixels of the image, in
       the project's internal 0-based continuous convention (a box covering pixel columns
       1..w of the devkit's 1-based inclusive boxes is ``x1 = 0, x2 = w``;
-      :func:`detect.boxes.internal_to_voc` converts to the devkit's);
+      :func:`sppcore.boxes.internal_to_voc` converts to the devkit's);
     * ``labels``: int64 [N], indices into :attr:`classes`;
     * ``scores``: float32 [N], the class's SVM score (not a probability; higher is surer).
 
@@ -106,7 +106,7 @@ class Detector:
     def load_image(self, image) -> np.ndarray:
         """An image argument as an RGB uint8 [H, W, 3] array (a path is read)."""
         if isinstance(image, (str, os.PathLike)):
-            from detect.voc import load_image
+            from sppcore.images import load_image
 
             return load_image(os.fspath(image))
         return _check_image(image, "image")

@@ -29,7 +29,7 @@ import re
 import torch
 from torch import nn
 
-from detect.errors import UserError
+from sppcore.errors import UserError
 
 __all__ = [
     "STAGES",

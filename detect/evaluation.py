@@ -42,9 +42,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from detect.boxes import box_iou, internal_to_voc, voc_to_internal
-from detect.errors import UserError
-from detect.fileio import atomic_open, atomic_write_bytes
+from sppcore.boxes import box_iou, internal_to_voc, voc_to_internal
+from sppcore.errors import UserError
+from sppcore.fileio import atomic_open, atomic_write_bytes
 
 __all__ = [
     "eval_detection_voc",
@@ -388,8 +388,8 @@ def write_voc_results(
 ) -> list[str]:
     """Write devkit result files ``<prefix>_det_<image_set>_<class>.txt``, one per class
     (empty when the class has no detection): lines ``image_id score x1 y1 x2 y2`` with
-    1-based boxes (:func:`detect.boxes.internal_to_voc`; inverse on reading:
-    :func:`detect.boxes.voc_to_internal`). Returns the paths.
+    1-based boxes (:func:`sppcore.boxes.internal_to_voc`; inverse on reading:
+    :func:`sppcore.boxes.voc_to_internal`). Returns the paths.
 
     Lines go in image order, then detection order, so the devkit's stable sort breaks
     score ties as :func:`eval_detection_voc` does. Coordinates are written to 0.1 px and

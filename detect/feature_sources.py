@@ -5,7 +5,7 @@ Training reads every training image's windows twice (positives, then the mining 
 SPP-net's conv layers are frozen, so each image's conv5 maps are computed once and cached
 in float16 (``<cache_dir>/features/conv5-<trunk>-<key>/<image_id>.npz``, keyed by the
 trunk's weights, the scales and the size cap, each entry by its image file's content; see
-:class:`detect.fileio.KeyedEntries`), and windows are pooled from them on demand. The
+:class:`sppcore.fileio.KeyedEntries`), and windows are pooled from them on demand. The
 extractor rounds conv5 to float16 whether the maps come from this cache or not, so training
 and testing see the same values: this is how a 1-scale VOC07 trainval run needs about 6 GB of disk for its features
 (AlexNet, s = 688) where per-window fc7 features would take 82 GB. R-CNN has nothing to share between windows and recomputes.
@@ -18,7 +18,7 @@ import os
 
 
 from detect.config import Config, config_to_dict
-from detect.fileio import KeyedEntries, file_digest, keyed_directory
+from sppcore.fileio import KeyedEntries, file_digest, keyed_directory
 
 __all__ = ["WindowFeatures", "network_digest"]
 

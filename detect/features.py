@@ -93,7 +93,7 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def resolve_device(name) -> torch.device:
     """``cpu``, ``cuda`` or ``cuda:N`` -> torch.device; a clear error when it is not there."""
-    from detect.errors import UserError
+    from sppcore.errors import UserError
 
     try:
         device = torch.device(name)
@@ -438,6 +438,6 @@ def build_features(cfg, trunk: Trunk, head: FCHead):
         return RCNNFeatures(trunk, head, crop_size=f.rcnn_crop_size, context_pad=f.rcnn_context_pad,
                             levels=f.levels, batch_size=f.batch_size, crop_batch_size=f.rcnn_crop_batch_size,
                             device=f.device)
-    from detect.errors import UserError
+    from sppcore.errors import UserError
 
     raise UserError(f"features.method: unknown method {f.method!r} (known: spp, rcnn)")

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detect.boxes import box_iou
-from detect.faults import kill_point
-from detect.fileio import atomic_open
+from sppcore.faults import kill_point
+from sppcore.fileio import atomic_open
+from sppcore.matcher import finetune_matcher, with_ground_truth
 
 __all__ = ["label_windows", "finetune_head"]
 
@@ -36,19 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def label_windows(boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray, fg_iou: float, bg_iou_low: float):
-    """Per window: label (class + 1 for positives, 0 for background, -1 unused)."""
-    labels = np.full(len(boxes), -1, dtype=np.int64)
-    if len(boxes) == 0:
-        return labels
-    if len(gt_boxes) == 0:
-        return labels  # no object: no background interval [0.1, 0.5) is defined either
-    iou = box_iou(boxes, gt_boxes)
-    best = iou.argmax(axis=1)
-    best_iou = iou[np.arange(len(boxes)), best]
-    labels[(best_iou >= bg_iou_low) & (best_iou < fg_iou)] = 0
-    fg = best_iou >= fg_iou
-    labels[fg] = gt_labels[best[fg]] + 1
-    return labels
+    """Per window: label (class + 1 for positives, 0 for background, -1 unused), by
+    :func:`sppcore.matcher.finetune_matcher` (an image without objects: all unused)."""
+    return finetune_matcher(fg_iou, bg_iou_low).match_boxes(boxes, gt_boxes).class_targets(gt_labels)
 
 
 def finetune_head(head, pool_fn, dataset, proposals, cfg_finetune, seed: int = 0,
@@ -120,7 +110,7 @@ def finetune_head(head, pool_fn, dataset, proposals, cfg_finetune, seed: int = 0
         for image_id in rng.choice(ids, size=min(images_per_batch, len(ids)), replace=False):
             if image_id not in labels_cache:
                 ann = dataset.annotation(image_id)
-                windows = np.concatenate([proposals[image_id], ann.boxes]).astype(np.float32)
+                windows = with_ground_truth(proposals[image_id], ann.boxes)
                 labels_cache[image_id] = (windows, label_windows(windows, ann.boxes, ann.labels, f.fg_iou, f.bg_iou_low))
             windows, labels = labels_cache[image_id]
             fg = np.flatnonzero(labels > 0)

@@ -34,8 +34,8 @@ import numpy as np
 
 from detect.bbox_regression import BoxRegressor
 from detect.config import Config, load_config, save_config
-from detect.errors import UserError
-from detect.fileio import (atomic_save_npz, atomic_write_json, atomic_write_text, load_npz, read_seal,
+from sppcore.errors import UserError
+from sppcore.fileio import (atomic_save_npz, atomic_write_json, atomic_write_text, load_npz, read_seal,
                            seal_directory, unseal_directory)
 
 __all__ = ["DetectionModel", "save_model", "load_model", "sealed_model_key"]

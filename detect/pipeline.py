@@ -12,10 +12,10 @@ import time
 import numpy as np
 
 from detect.config import Config, load_config, save_config
-from detect.errors import UserError
-from detect.faults import kill_point
-from detect.fileio import atomic_write_json
 from detect.stages import build_proposal_store, open_dataset, proposal_key
+from sppcore.errors import UserError
+from sppcore.faults import kill_point
+from sppcore.fileio import atomic_write_json
 
 __all__ = ["train", "test", "reval", "demo"]
 
@@ -48,9 +48,9 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
     the same training, and the directory is rewritten and sealed (:mod:`detect.model`)."""
     from detect.config import config_to_dict
     from detect.feature_sources import WindowFeatures, network_digest
-    from detect.fileio import stable_hash, unseal_directory
     from detect.model import DetectionModel, save_model, sealed_model_key
     from detect.training import train_detector
+    from sppcore.fileio import stable_hash, unseal_directory
 
     out_dir = out_dir or os.path.join(cfg.output_dir, cfg.name, "model")
     os.makedirs(out_dir, exist_ok=True)
@@ -96,7 +96,7 @@ def _resume_key(cfg: Config, sections, identity, network: str, **extra) -> str:
     network's digest, the proposals' key (:func:`detect.stages.proposal_key`: a new
     proposal algorithm invalidates the state too) and ``extra``."""
     from detect.config import config_to_dict
-    from detect.fileio import stable_hash
+    from sppcore.fileio import stable_hash
 
     return stable_hash({section: config_to_dict(getattr(cfg, section)) for section in sections}
                        | {"seed": cfg.seed, "data": identity, "network": network, "proposals": proposal_key(cfg)}
@@ -244,7 +244,7 @@ def reval(test_dir: str, metric: str | None = None, out_path: str | None = None)
     saved beside them, without the network; writes ``reval_<metric>.json`` (default in
     ``test_dir``) and returns (results dict with the AP ``table``, its path)."""
     from detect.detector import split_detections
-    from detect.fileio import load_npz
+    from sppcore.fileio import load_npz
 
     det_path, cfg_path = os.path.join(test_dir, "detections.npz"), os.path.join(test_dir, "config.yaml")
     for path in (det_path, cfg_path):
@@ -305,9 +305,9 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     import json
 
     from detect.config import config_to_dict
-    from detect.fileio import read_seal, seal_directory, stable_hash, unseal_directory
     from detect.pretrain import CropSampler, pretrain
     from detect.trunks import build_network, save_network
+    from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
 
     if len(cfg.pretrain.image_scales) not in (0, 2):
         raise UserError(f"pretrain.image_scales: give two shorter-side bounds [lo, hi] or none, got {list(cfg.pretrain.image_scales)}")

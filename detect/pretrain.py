@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detect.boxes import box_iou
-from detect.faults import kill_point
 from detect.features import scaled_size, warp_windows
 from detect.spp import pool_whole_map, project_windows_to_map
 from detect.trunks import FCHead, Trunk
+from sppcore.faults import kill_point
+from sppcore.matcher import BACKGROUND, pretrain_background_matcher
 
 __all__ = ["CropSampler", "PretrainResult", "pretrain", "evaluate_accuracy", "evaluate_image_accuracy"]
 
@@ -68,6 +68,8 @@ class CropSampler:
 
     def _background(self, rng, ann, count: int) -> np.ndarray:
         h, w = ann.height, ann.width
+        anywhere = pretrain_background_matcher(BACKGROUND_IOU)
+        near_object = pretrain_background_matcher(BACKGROUND_IOU, NEAR_BACKGROUND_IOU)
         out = []
         for _ in range(40 * count):
             if len(out) >= count:
@@ -77,9 +79,8 @@ class CropSampler:
             bw, bh = side * math.sqrt(aspect), side / math.sqrt(aspect)
             x, y = rng.uniform(0, max(1.0, w - bw)), rng.uniform(0, max(1.0, h - bh))
             box = np.array([[x, y, min(w, x + bw), min(h, y + bh)]], np.float32)
-            iou = box_iou(box, ann.boxes).max() if len(ann.boxes) else 0.0
-            near = len(out) % 2 == 0  # alternate near-object and anywhere windows
-            if iou < BACKGROUND_IOU and (not near or iou >= NEAR_BACKGROUND_IOU or len(ann.boxes) == 0):
+            matcher = near_object if len(out) % 2 == 0 else anywhere  # alternate the two kinds
+            if matcher.match_boxes(box, ann.boxes).labels[0] == BACKGROUND:
                 out.append(box[0])
         return np.asarray(out, np.float32).reshape(-1, 4)
 

@@ -5,7 +5,7 @@ import logging
 import os
 
 from detect.config import Config
-from detect.errors import UserError
+from sppcore.errors import UserError
 
 __all__ = ["open_dataset", "build_proposal_store", "proposal_key"]
 
@@ -51,7 +51,7 @@ def build_proposal_store(cfg: Config, dataset, progress: bool = True, workers: i
 def proposal_key(cfg: Config) -> str:
     """The key of the proposals ``cfg`` gives (settings, the algorithm's and the cache's
     versions, imported files): part of the key of every output computed from them."""
-    from detect.fileio import stable_hash
     from proposals import ProposalStore
+    from sppcore.fileio import stable_hash
 
     return stable_hash(ProposalStore.cache_key(cfg.proposals))

@@ -29,9 +29,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from detect.boxes import internal_to_voc
-from detect.errors import DatasetError
-from detect.fileio import atomic_write_json
+from sppcore.boxes import internal_to_voc
+from sppcore.errors import DatasetError
+from sppcore.fileio import atomic_write_json
 
 __all__ = [
     "SYNTHETIC_CLASSES",

@@ -21,11 +21,11 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from detect.boxes import apply_bbox_deltas
 from detect.detector import Detections, concatenate_detections, detections_from_scores, score_windows
-from detect.faults import kill_point
-from detect.fileio import KeyedEntries, atomic_save_npz, file_digest
 from detect.model import DetectionModel
+from sppcore.boxes import apply_bbox_deltas
+from sppcore.faults import kill_point
+from sppcore.fileio import KeyedEntries, atomic_save_npz, file_digest
 
 __all__ = ["ExtractFn", "DetectFn", "WindowScores", "score_image", "detections_from_window_scores", "detect_image", "model_layers", "score_and_regress", "run_test", "STAGES", "median_timings"]
 
@@ -138,7 +138,7 @@ def run_test(
 
     ``key`` names everything the detections depend on besides the image (the model's
     digest, the test-time settings): each image's entry in ``out_dir/detections/`` is reused
-    only for the same key and the same image content (:class:`detect.fileio.KeyedEntries`)."""
+    only for the same key and the same image content (:class:`sppcore.fileio.KeyedEntries`)."""
     entries = KeyedEntries(os.path.join(out_dir, "detections"), key, what="detection cache entry")
     all_dets, all_times = [], []
     for n, image_id in enumerate(tqdm(image_ids, desc="test", disable=not progress)):

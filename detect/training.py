@@ -32,9 +32,10 @@ from tqdm import tqdm
 
 from detect.bbox_regression import BoxRegressor, fit_box_regressor, select_regression_examples
 from detect.config import Config
-from detect.errors import UserError
-from detect.faults import kill_point
-from detect.fileio import atomic_save_npz, load_npz_or_none
+from sppcore.errors import UserError
+from sppcore.faults import kill_point
+from sppcore.fileio import atomic_save_npz, load_npz_or_none
+from sppcore.matcher import with_ground_truth
 from svm.mining import (HardNegativeMiner, compute_feature_scale, feature_norms, feature_scale_from_norms,
                         select_negative_candidates)
 
@@ -100,7 +101,7 @@ def collect_positives(
         reg_labels = np.zeros(0, np.int64)
         if cfg.bbox_reg.enabled:
             # regression examples: proposals and the ground-truth boxes themselves
-            windows = np.concatenate([props, gt_boxes]).astype(np.float32)
+            windows = with_ground_truth(props, gt_boxes)
             reg_idx, reg_gt, reg_labels = select_regression_examples(
                 windows, ann.boxes, ann.labels, cfg.bbox_reg.min_iou,
                 max_per_object=cfg.bbox_reg.max_examples_per_object, rng=rng)

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from detect.errors import UserError
-from detect.fileio import atomic_save_npz, atomic_write_json
 from detect.spp import pyramid_dim
+from sppcore.errors import UserError
+from sppcore.fileio import atomic_save_npz, atomic_write_json
 
 __all__ = [
     "TRUNKS",

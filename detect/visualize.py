@@ -8,7 +8,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from detect.fileio import atomic_write_bytes
+from sppcore.fileio import atomic_write_bytes
 
 __all__ = ["class_colour", "draw_detections"]
 

@@ -1,4 +1,5 @@
-"""PASCAL VOC-style datasets: image sets, XML annotations, images (numpy + OpenCV).
+"""PASCAL VOC-style datasets: image sets, XML annotations (numpy); images are read by
+:func:`sppcore.images.load_image`.
 
 ``root`` is a VOC2007-layout directory::
 
@@ -7,16 +8,17 @@
     root/ImageSets/Main/<set>.txt, <class>_<set>.txt
 
 Boxes are converted at this border from VOC's 1-based inclusive pixels to the internal
-float32 0-based continuous ``(x1, y1, x2, y2)`` with :func:`detect.boxes.voc_to_internal`
-(inverse: :func:`detect.boxes.internal_to_voc`, used when result files are written).
+float32 0-based continuous ``(x1, y1, x2, y2)`` with :func:`sppcore.boxes.voc_to_internal`
+(inverse: :func:`sppcore.boxes.internal_to_voc`, used when result files are written).
 
-Bad input raises :class:`detect.errors.DatasetError` with one line naming the file and the
+Bad input raises :class:`sppcore.errors.DatasetError` with one line naming the file and the
 field: a missing directory, a missing or empty image set, an image id that is not a plain
 file name (it names cache files), malformed XML, a missing field, a number that is not
 finite, an unknown class name (unless the caller asked to ignore classes it does not
-train on), an unreadable image or one whose pixels cannot be read as 8-bit RGB. Boxes are repaired rather than refused, with a ``logging``
-warning naming the file and the object: a box reaching outside the image is clipped to it;
-a box with no area left after clipping (or with xmax < xmin) is skipped.
+train on); images that cannot be read raise it from :func:`sppcore.images.load_image`.
+Boxes are repaired rather than refused, with a ``logging`` warning naming the file and the
+object: a box reaching outside the image is clipped to it; a box with no area left after
+clipping (or with xmax < xmin) is skipped.
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
-from detect.boxes import voc_to_internal
 from detect.dataset import Annotation, DetectionDataset
-from detect.errors import DatasetError
+from sppcore.boxes import voc_to_internal
+from sppcore.errors import DatasetError
 
 __all__ = [
     "VOC_CLASSES",
@@ -38,7 +40,6 @@ __all__ = [
     "infer_classes",
     "read_image_set",
     "parse_voc_xml",
-    "load_image",
     "VOCDataset",
 ]
 
@@ -197,52 +198,6 @@ def parse_voc_xml(path: str, classes: Sequence[str], ignore_other_classes: bool 
         truncated=np.asarray(truncated, dtype=bool),
         ignored_classes=tuple(ignored),
     )
-
-
-def _pixels_as_uint8(image: np.ndarray, path: str) -> np.ndarray:
-    """8-bit pixels of a decoded image: unsigned integers rescaled from their full range
-    (16-bit PNG/TIFF), floats in [0, 1] times 255 (float TIFF); any other pixel type is
-    refused."""
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype.kind == "u":
-        return (image / (np.iinfo(image.dtype).max / 255.0)).round().astype(np.uint8)
-    if image.dtype.kind == "f":
-        finite = np.isfinite(image).all()
-        if not finite or image.min() < 0 or image.max() > 1:
-            what = "non-finite values" if not finite else f"values in [{image.min():g}, {image.max():g}]"
-            raise DatasetError(f"{path}: {image.dtype} pixels with {what}; floating-point images must hold "
-                               "values in [0, 1] (or use 8- or 16-bit unsigned pixels)")
-        return (image.astype(np.float64) * 255.0).round().astype(np.uint8)
-    raise DatasetError(f"{path}: {image.dtype} pixels are not supported "
-                       "(8- or 16-bit unsigned, or floating point in [0, 1])")
-
-
-def load_image(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8 ``[H, W, 3]`` (grayscale and RGBA are converted;
-    see :func:`_pixels_as_uint8` for pixel types other than 8-bit)."""
-    import cv2
-
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: image file not found")
-    data = np.fromfile(path, dtype=np.uint8)
-    try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    except cv2.error:
-        image = None
-    if image is None or image.size == 0:
-        raise DatasetError(f"{path}: not a readable image (corrupt or unsupported format)")
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        channels = image.shape[2] if image.ndim == 3 else image.shape
-        raise DatasetError(f"{path}: {channels} channels are not supported (grayscale, RGB or RGBA)")
-    image = _pixels_as_uint8(image, path)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    if image.shape[2] == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class VOCDataset(DetectionDataset):

@@ -20,8 +20,8 @@ from typing import Collection
 
 import numpy as np
 
-from detect.boxes import as_boxes, internal_to_voc, voc_to_internal
-from detect.errors import ProposalError
+from sppcore.boxes import as_boxes, internal_to_voc, voc_to_internal
+from sppcore.errors import ProposalError
 
 __all__ = ["rcnn_mat_to_internal", "internal_to_rcnn_mat", "load_rcnn_mat", "mat_files"]
 

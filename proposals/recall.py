@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from detect.boxes import box_iou
+from sppcore.boxes import box_iou
 
 __all__ = ["best_overlaps", "recall_at", "average_recall", "average_best_overlap", "recall_vs_boxes", "AR_THRESHOLDS"]
 

@@ -5,9 +5,9 @@ from typing import Sequence
 
 import numpy as np
 
-from detect.fileio import atomic_open
 from proposals.recall import (AR_THRESHOLDS, average_best_overlap, average_recall, best_overlaps, recall_at,
                              recall_vs_boxes)
+from sppcore.fileio import atomic_open
 
 __all__ = ["proposal_summary", "format_proposal_table", "plot_recall_curves", "BOX_COUNTS"]
 

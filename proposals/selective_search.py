@@ -100,9 +100,9 @@ from typing import Sequence
 
 import numpy as np
 
-from detect.boxes import xywh_to_xyxy
-from detect.errors import ProposalError
 from proposals.config import ProposalConfig
+from sppcore.boxes import xywh_to_xyxy
+from sppcore.errors import ProposalError
 
 __all__ = [
     "BACKENDS",
@@ -245,7 +245,7 @@ def _xywh_boxes(ss) -> np.ndarray:
     """Run an OpenCV selective search; its int32 ``(x, y, w, h)`` come from ``boundingRect``
     of each region: ``w`` and ``h`` count pixels (a region covering columns 20..69 gives
     x = 20, w = 50; the whole image gives (0, 0, W, H)), so ``x + w`` is the continuous right
-    edge and :func:`detect.boxes.xywh_to_xyxy` is the exact conversion."""
+    edge and :func:`sppcore.boxes.xywh_to_xyxy` is the exact conversion."""
     return xywh_to_xyxy(np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4))
 
 
@@ -517,7 +517,7 @@ def compute_proposals(image: np.ndarray, cfg: ProposalConfig | None = None) -> n
     """Selective-search boxes of one image (see the module docstring).
 
     image: uint8 [H, W], [H, W, 3] (RGB) or [H, W, 4]; returns float32 [N, 4] internal
-    boxes, 1 <= N <= cfg.max_boxes. Raises :class:`detect.errors.ProposalError` on bad input.
+    boxes, 1 <= N <= cfg.max_boxes. Raises :class:`sppcore.errors.ProposalError` on bad input.
     """
     import cv2
 

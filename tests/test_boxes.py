@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from detect.boxes import (
+from sppcore.boxes import (
     apply_bbox_deltas,
     as_boxes,
     bbox_targets,

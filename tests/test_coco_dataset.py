@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from detect.coco import COCODataset
-from detect.errors import DatasetError
+from sppcore.errors import DatasetError
 from detect.voc import VOCDataset
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from detect.boxes import nms
 from detect.detector import (
     Detections,
     concatenate_detections,
@@ -9,6 +8,7 @@ from detect.detector import (
     score_windows,
     split_detections,
 )
+from sppcore.boxes import nms
 
 
 def test_score_windows_is_affine():

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from detect.errors import UserError
+from sppcore.errors import UserError
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
@@ -59,7 +59,7 @@ def test_images(detector):
 
 def saved_detections(test_dir):
     from detect.detector import split_detections
-    from detect.fileio import load_npz
+    from sppcore.fileio import load_npz
 
     arrays = load_npz(os.path.join(test_dir, "detections.npz"))
     ids = [str(i) for i in arrays["image_ids"]]

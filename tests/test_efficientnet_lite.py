@@ -10,8 +10,8 @@ from torch import nn
 
 from detect import efficientnet_lite
 from detect.config import NetworkConfig
-from detect.errors import UserError
 from detect.trunks import build_network, build_trunk
+from sppcore.errors import UserError
 
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

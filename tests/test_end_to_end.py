@@ -51,7 +51,7 @@ def test_train_writes_a_model(trained):
 def test_retraining_into_a_model_directory_with_other_settings_starts_afresh(trained):
     from detect import pipeline
     from detect.config import load_config
-    from detect.fileio import load_npz
+    from sppcore.fileio import load_npz
 
     out, model, overrides = trained
     work = os.path.join(model, "work")

@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import pytest
 
-from detect.boxes import box_iou
 from detect.evaluation import (
     VOC07_RECALL_THRESHOLDS,
     ResultFileError,
@@ -18,6 +17,7 @@ from detect.evaluation import (
     read_voc_results,
     write_voc_results,
 )
+from sppcore.boxes import box_iou
 
 
 def A(*rows):
@@ -198,8 +198,8 @@ def test_reports(tmp_path):
 
 
 def test_metrics_by_name_on_the_golden_case():
-    from detect.errors import UserError
     from detect.evaluation import METRICS, evaluate_detections
+    from sppcore.errors import UserError
 
     # the case of test_duplicate_is_false_positive_and_metrics_differ, a second class without gt
     dets = [A([0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 60, 60])], [L(0, 0, 0)], [S(0.9, 0.8, 0.7)]

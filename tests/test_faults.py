@@ -1,7 +1,7 @@
 """The fault suite: no stale or half-written result is ever reported.
 
 Each resumable stage is killed with SIGKILL at a chosen point (``SPPDET_KILL_AT``, see
-detect/faults.py) and run again: the outputs equal an uninterrupted run's. Every kind of
+sppcore/faults.py) and run again: the outputs equal an uninterrupted run's. Every kind of
 cache and model file is truncated: it is recomputed with a warning, or refused in one line.
 Every way settings or inputs can change under a reused output is tried: the reported
 numbers equal a fresh run's.
@@ -18,8 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-from detect.faults import KILL_ENV
-from detect.fileio import load_npz
+from sppcore.faults import KILL_ENV
+from sppcore.fileio import load_npz
 
 pytestmark = pytest.mark.slow
 
@@ -297,7 +297,7 @@ def test_corrupt_finetuning_state_starts_afresh(world, capsys):
 @pytest.mark.parametrize("damage", ["truncate svm.npz", "empty model.json", "drop bias", "no manifest",
                                     "truncate network.npz"])
 def test_damaged_model_directory_is_one_line_exit_2(world, tmp_path, capsys, damage):
-    from detect.fileio import atomic_save_npz
+    from sppcore.fileio import atomic_save_npz
 
     model = str(tmp_path / "model")
     shutil.copytree(world["model"], model)

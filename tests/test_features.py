@@ -177,8 +177,8 @@ def test_rcnn_torch_warp_gives_nearly_the_cv2_features(net):
 
 
 def test_device_names_are_checked(net):
-    from detect.errors import UserError
     from detect.features import resolve_device
+    from sppcore.errors import UserError
 
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(UserError, match="not a device"):

@@ -1,10 +1,10 @@
-"""Keyed entries, sealed directories and content digests (detect/fileio.py)."""
+"""Keyed entries, sealed directories and content digests (sppcore/fileio.py)."""
 import os
 
 import numpy as np
 import pytest
 
-from detect.fileio import (KeyedEntries, check_entry_name, file_digest, keyed_directory, load_npz_or_none,
+from sppcore.fileio import (KeyedEntries, check_entry_name, file_digest, keyed_directory, load_npz_or_none,
                            read_seal, seal_directory, unseal_directory)
 
 

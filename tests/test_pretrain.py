@@ -1,11 +1,11 @@
 import numpy as np
 import torch
 
-from detect.boxes import box_iou
 from detect.config import NetworkConfig
 from detect.pretrain import BACKGROUND_IOU, CropSampler, pretrain
 from detect.trunks import build_network
 from detect.voc import VOCDataset
+from sppcore.boxes import box_iou
 
 
 def test_crop_sampler_labels_and_determinism(synthetic_voc):

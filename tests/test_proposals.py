@@ -6,13 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from detect.errors import DatasetError, ProposalError
 from proposals import BACKENDS, ProposalConfig, ProposalStore, compute_proposals
 from proposals.recall import average_best_overlap, average_recall, best_overlaps, recall_at, recall_vs_boxes
 from proposals.selective_search import (
     FAST_STRATEGIES, adjacent_pairs, colour_space_image, felzenszwalb_segments, hierarchical_grouping,
     hierarchical_grouping_reference, rank_groups, rcnn_fast_hierarchies, region_features, selectivesearch_rect_to_xyxy,
     stable_order, unique_boxes)
+from sppcore.errors import DatasetError, ProposalError
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC_PHOTOS = os.path.normpath(os.path.join(PROJECT, "..", "shared", "datasets", "voc-photos-dev", "VOC2007"))

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from detect.errors import ProposalError
 from proposals import ProposalConfig, ProposalStore, compute_proposals
 from proposals.matfile import internal_to_rcnn_mat, load_rcnn_mat, rcnn_mat_to_internal
+from sppcore.errors import ProposalError
 
 
 def cells(items, column=True):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from detect.fileio import atomic_save_npz, load_npz
+from sppcore.fileio import atomic_save_npz, load_npz
 from svm import (
     FeatureStore,
     HardNegativeMiner,

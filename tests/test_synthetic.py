@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from detect.errors import DatasetError
 from detect.synthetic import SYNTHETIC_CLASSES, dataset_statistics, generate_synthetic_voc, render_image
 from detect.voc import VOCDataset
+from sppcore.errors import DatasetError
 
 
 def digest(root):

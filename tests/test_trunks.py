@@ -3,7 +3,6 @@ import torch
 from torch import nn
 
 from detect.config import NetworkConfig
-from detect.errors import UserError
 from detect.spp import pool_whole_map
 from detect.trunks import (
     FCHead,
@@ -14,6 +13,7 @@ from detect.trunks import (
     spp_fc6_from_6x6,
     trunk_geometry,
 )
+from sppcore.errors import UserError
 
 
 def test_geometry_from_layers():

@@ -5,8 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from detect.errors import DatasetError
-from detect.voc import VOC_CLASSES, VOCDataset, infer_classes, load_image, parse_voc_xml, read_image_set
+from detect.voc import VOC_CLASSES, VOCDataset, infer_classes, parse_voc_xml, read_image_set
+from sppcore.errors import DatasetError
+from sppcore.images import load_image
 
 XML = """<annotation>
   <filename>000001.jpg</filename>

@@ -41,9 +41,9 @@ def main(argv=None) -> int:
         setup_logging()
         cfg = config_from_args(args)
         from detect.config import save_config
-        from detect.fileio import atomic_write_json
         from detect.stages import build_proposal_store, open_dataset
         from detect.voc import VOC_CLASSES
+        from sppcore.fileio import atomic_write_json
 
         if args.voc_classes:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, classes=VOC_CLASSES))

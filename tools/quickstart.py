@@ -13,7 +13,7 @@
 
 and prints one table: mAP, seconds per image and R-CNN's time over each method's. Every
 stage is cached (data, pretrained network, proposals, conv5 maps, models and per-image
-detections, each keyed by its settings, inputs and network; see detect/fileio.py), so a
+detections, each keyed by its settings, inputs and network; see sppcore/fileio.py), so a
 second run takes seconds; ``--force-test`` recomputes the detections. Outputs go to
 ``<output_dir>/<name>/``.
 
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
                         "test": t_test - t_train, "demo": t_end - t_test, "total": t_end - t_start},
             "demo": demo_png, "pretrained_network": weights,
         }
-        from detect.fileio import atomic_write_json
+        from sppcore.fileio import atomic_write_json
 
         atomic_write_json(os.path.join(out_root, "quickstart.json"), summary)
         print()
