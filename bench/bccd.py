@@ -24,7 +24,6 @@ JSON (default ``bench/results/bccd.json``)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -34,7 +33,7 @@ import time
 import numpy as np
 
 from detect import pipeline
-from detect.config import config_to_dict, load_config
+from detect.config import load_config
 from detect.stages import build_proposal_store, open_dataset
 from proposals.recall import best_overlaps, recall_at
 from sppcore.fileio import atomic_write_json

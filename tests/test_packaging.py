@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIRST_PARTY = {"detect", "proposals", "svm"}
+FIRST_PARTY = {"detect", "proposals", "svm", "sppcore", "tools", "bench", "tests"}
 # distribution name (as pyproject.toml declares it) -> the module it provides
 DIST_MODULES = {
     "torch": "torch",
@@ -64,7 +64,7 @@ def test_declared_dependencies_are_the_imported_ones():
     provided = {DIST_MODULES[d] for d in declared}
     # what the installed package and the tools import must come with the package
     # (scipy: proposals/matfile.py), not only with the test extra
-    needed = imported_modules("detect", "proposals", "svm", "tools")
+    needed = imported_modules("sppcore", "detect", "proposals", "svm", "tools")
     assert needed <= provided, f"imported but not a main dependency: {sorted(needed - provided)}"
     assert "scipy" in needed
     # a declared dependency that nothing imports (pillow: images are read by OpenCV) goes
@@ -109,7 +109,7 @@ def test_a_wheel_ships_the_configs_and_its_loader_finds_them(tmp_path):
         pytest.importorskip("setuptools", minversion="70.1", reason="no offline wheel build here")
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("detect", "proposals", "svm", "configs"):
+    for name in ("sppcore", "detect", "proposals", "svm", "configs"):
         shutil.copytree(os.path.join(ROOT, name), src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(os.path.join(ROOT, name), src / name)
@@ -118,9 +118,9 @@ def test_a_wheel_ships_the_configs_and_its_loader_finds_them(tmp_path):
                             "--no-cache-dir", "-q", "-w", str(dist), str(src)],
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
-    (wheel,) = dist.glob("sppdet-*.whl")
+    (wheel_file,) = dist.glob("sppdet-*.whl")
     shipped = sorted(n for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".yaml"))
-    with zipfile.ZipFile(wheel) as z:
+    with zipfile.ZipFile(wheel_file) as z:
         names = set(z.namelist())
         assert {f"detect/configs/{n}" for n in shipped} <= names
         assert not any(n.startswith("configs/") for n in names)
