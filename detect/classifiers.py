@@ -17,6 +17,8 @@ one it holds:
 * ``name`` (its key in :data:`CLASSIFIERS`), ``file`` (its arrays in the model directory);
 * ``layer``: the feature layer it reads; ``num_classes``, ``feature_dim``;
 * ``score(features float32 [N, D]) -> float32 [N, K]``;
+* ``show_threshold``: the score above which a detection is worth showing by default
+  (``tools/demo.py``);
 * ``to_arrays()`` and ``from_arrays(arrays, layer)`` for the ``.npz`` file; ``from_arrays``
   raises ``ValueError`` for arrays of the wrong shape.
 """
@@ -47,6 +49,7 @@ class LinearSVMClassifier:
 
     name = "svm"
     file = "svm.npz"
+    show_threshold = 0.0  # a positive margin: on the object's side of the hyperplane
 
     def __init__(self, layer: str, weights: np.ndarray, bias: np.ndarray, feature_scale: float):
         self.layer = layer
@@ -83,6 +86,7 @@ class SoftmaxClassifier:
 
     name = "softmax"
     file = "softmax.npz"
+    show_threshold = 0.5  # the class is likelier than background and every other class together
 
     def __init__(self, weights: np.ndarray, bias: np.ndarray, layer: str = FC8_INPUT_LAYER):
         if layer != FC8_INPUT_LAYER:

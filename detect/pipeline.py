@@ -311,16 +311,19 @@ def reval(test_dir: str, metric: str | None = None, out_path: str | None = None)
     return results, out_path
 
 
-def demo(model_dir: str, image_path: str, out_path: str | None = None, threshold: float = 0.0,
+def demo(model_dir: str, image_path: str, out_path: str | None = None, threshold: float | None = None,
          config_path: str | None = None, overrides=None, top: int | None = None):
-    """Detections on one image (score >= ``threshold``, the ``top`` best when given),
-    drawn to a PNG; returns ([(class, score, box)], png path)."""
+    """Detections on one image (score >= ``threshold``, default the classifier's
+    ``show_threshold``: 0 for SVM margins, 0.5 for softmax probabilities; the ``top`` best
+    when given), drawn to a PNG; returns ([(class, score, box)], png path)."""
     from detect.detector_api import Detector
     from detect.visualize import draw_detections
 
     detector = Detector.load(model_dir, device=None, overrides=overrides, config_path=config_path)
     image = detector.load_image(image_path)
     det = detector(image)
+    if threshold is None:
+        threshold = detector.model.classifier.show_threshold
     scores, labels, boxes = det["scores"], det["labels"], det["boxes"]
     keep = np.flatnonzero(scores >= threshold)
     keep = keep[np.argsort(-scores[keep], kind="stable")][:top]
