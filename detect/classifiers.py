@@ -135,7 +135,7 @@ def softmax_from_fc8(weights: np.ndarray | None, bias: np.ndarray | None, traine
     """The softmax classifier of a network's fc8 (``weights`` [K + 1, D], ``bias`` [K + 1];
     None when the network has no fc8) trained for ``trained_classes`` (the class names
     fine-tuning recorded, in label order; None when no record exists), for a dataset of
-    ``classes``. Anything else than an fc8 trained for exactly these classes, in this
+    ``classes``. Anything but an fc8 trained for exactly these classes, in this
     order, is a one-line :class:`UserError` naming ``where`` (the network file)."""
     remedy = "fine-tune one on this dataset with tools/finetune_fc.py and set network.weights to it"
     if weights is None:

@@ -140,9 +140,9 @@ def _resume_key(cfg: Config, sections, identity, network: str, **extra) -> str:
 def _reset_stale_work_dir(work_dir: str, cfg: Config, identity, network: str) -> None:
     """The checkpoints in ``work_dir`` (positives, mining state) serve only a rerun of the
     same training: features, network weights, classifier type, SVM / regression settings,
-    images and annotations, proposals. A work directory left by other settings (or with an unreadable
-    key) is emptied, so that a model directory reused with a new config never trains on
-    stale features."""
+    images and annotations, proposals. A work directory left by other settings (or with an
+    unreadable key) is emptied, so that a model directory reused with a new config never
+    trains on stale features."""
     import json
     import shutil
 
@@ -231,6 +231,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
         "seconds_per_image": median_timings(timings),
         "scales": list(cfg.features.scales),
         "layer": cfg.features.layer,
+        "classifier": model.classifier.name,
         "bbox_regression": model.regressor is not None,
     }
     atomic_write_json(os.path.join(out_dir, "results.json"), results)

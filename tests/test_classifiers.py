@@ -338,6 +338,7 @@ def test_softmax_model_on_a_fine_tuned_network_detects_above_chance(synthetic_vo
     assert run_tool("test_net", ["--model", soft, "--out", test_dir, "--quiet"]) == 0
     with open(os.path.join(test_dir, "results.json")) as f:
         results = json.load(f)
+    assert results["classifier"] == "softmax"
     detector = Detector.load(soft)
     chance = chance_map(detector.config)
     assert results["map"] > SOFTMAX_OVER_CHANCE * chance, (results["map"], chance)
