@@ -11,8 +11,9 @@ Two implementations, chosen by ``classifier.type`` and recorded in the model dir
   ``classes[k]``. Nothing is trained for it besides the network: R-CNN reports that
   replacing the SVMs by the fine-tuned softmax cost 3.3 points of mAP (54.2 -> 50.9).
 
-Every classifier has the same small interface, so nothing outside this module asks which
-one it holds:
+Every classifier has the same small interface, so loading, scoring and the tools never
+ask which one a model holds (only training differs: SVMs are mined, the softmax is taken
+from the network):
 
 * ``name`` (its key in :data:`CLASSIFIERS`), ``file`` (its arrays in the model directory);
 * ``layer``: the feature layer it reads; ``num_classes``, ``feature_dim``;
