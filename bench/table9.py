@@ -4,9 +4,14 @@ For SPP-net (1 scale and, with ``--five-scales``, 5 scales) and R-CNN on the sam
 network: SVMs on pool5, on fc7 and on fine-tuned fc7 (fc6, fc7 and a new fc8 fine-tuned
 on each method's own pool5 vectors of the whole train set, conv frozen,
 ``tools/finetune_fc.py``), each tested without and with bounding-box regression, plus the
-seconds per image per stage of every row.
-Every row trains its own SVMs (``pipeline.train``, cached per name) and is tested once:
-the detections with and without the regressors come from the same window scores.
+seconds per image per stage of every row. Beside the fine-tuned SVMs, the fine-tuned
+network's own softmax (``classifier.type=softmax``: fc8 on the same fine-tuned fc7, no
+SVMs; what Fast R-CNN used, and what cost R-CNN 3.3 points) with the same box regressors'
+settings: SVM against softmax on the same features.
+Every row trains its own model (``pipeline.train``, cached per name) and is tested once:
+the detections with and without the regressors come from the same window scores. A
+fine-tuned network found on disk is reused unless it lacks the record of its fc8's
+classes that the softmax rows need.
 
 Prints the table and writes JSON (default ``bench/results/table9.json``). Needs the
 configured network (for the default: ``make quickstart`` first)::
@@ -31,6 +36,7 @@ from detect.detector_api import Detector
 from detect.evaluation import evaluate_detections
 from detect.stages import build_proposal_store, open_dataset
 from detect.testing import median_timings
+from detect.trunks import network_fc8_classes
 from sppcore.fileio import atomic_write_json
 
 FIVE_SCALES = list(BUILTIN_FIVE_SCALES)  # tools/quickstart.py's five scales for the default
@@ -74,10 +80,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     progress = not args.quiet
     base = load_config(args.config, args.set)
+    # every row's outputs under <output_dir>/table9/<name>/ (names are plain names)
+    table_dir = f"output_dir={os.path.join(base.output_dir, 'table9')}"
     rows = []
 
-    def run(label, method, layer, weights=None, five=False):
-        over = [f"features.method={method}", f"features.layer={layer}", f"name=table9/{base.name}_{method}_{label.replace(' ', '_')}"]
+    def run(label, method, layer, weights=None, five=False, classifier="svm"):
+        over = [f"features.method={method}", f"features.layer={layer}", f"classifier.type={classifier}",
+                table_dir, f"name={base.name}_{method}_{label.replace(' ', '_')}"]
         if weights:
             over.append(f"network.weights={weights}")
         cfg = load_config(args.config, args.set + over)
@@ -88,9 +97,9 @@ def main(argv=None) -> int:
         for scales, test_over in entries:
             no_bb, bb, secs = evaluate_with_and_without_regression(model_dir, args.num_test, test_over, progress)
             name = "R-CNN" if method == "rcnn" else f"SPP-net {scales}"
-            rows.append({"method": name, "features": label, "map": no_bb, "map_bbox": bb,
-                         "seconds_per_image": secs, "train_seconds": t_train})
-            print(f"{name:<18}{label:<8} mAP {no_bb:.3f}  + bbox {bb:.3f}  "
+            rows.append({"method": name, "features": label, "classifier": classifier, "map": no_bb,
+                         "map_bbox": bb, "seconds_per_image": secs, "train_seconds": t_train})
+            print(f"{name:<18}{label:<11} mAP {no_bb:.3f}  + bbox {bb:.3f}  "
                   f"{secs['total_excluding_proposals']:.3f} s/image", flush=True)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -100,18 +109,20 @@ def main(argv=None) -> int:
         run("pool5", method, "pool5")
         run("fc7", method, "fc7", five=args.five_scales and method == "spp")
         suffix = "" if method == "spp" else "_rcnn"
-        ft_cfg = load_config(args.config, args.set + [f"features.method={method}",
-                                                      f"name=table9/{base.name}_finetune{suffix}"])
+        ft_cfg = load_config(args.config, args.set + [f"features.method={method}", table_dir,
+                                                      f"name={base.name}_finetune{suffix}"])
         path = os.path.join(ft_cfg.output_dir, ft_cfg.name, "finetune", "network.npz")
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) or network_fc8_classes(path) is None:
             pipeline.run_finetuning(ft_cfg, path, progress=progress)
         run("ft fc7", method, "fc7", weights=path, five=args.five_scales and method == "spp")
+        run("ft softmax", method, "fc7", weights=path, five=args.five_scales and method == "spp",
+            classifier="softmax")
 
-    header = f"{'method':<18}{'layer':<8}{'mAP':>7}{'+bbox':>8}{'s/image':>10}{'conv':>8}{'pool/warp':>10}{'fc':>8}"
+    header = f"{'method':<18}{'layer':<11}{'mAP':>7}{'+bbox':>8}{'s/image':>10}{'conv':>8}{'pool/warp':>10}{'fc':>8}"
     lines = [header]
     for r in rows:
         s = r["seconds_per_image"]
-        lines.append(f"{r['method']:<18}{r['features']:<8}{r['map']:7.3f}{r['map_bbox']:8.3f}"
+        lines.append(f"{r['method']:<18}{r['features']:<11}{r['map']:7.3f}{r['map_bbox']:8.3f}"
                      f"{s['total_excluding_proposals']:10.3f}{s.get('conv', 0):8.3f}{s.get('pool', 0) + s.get('warp', 0):10.3f}{s.get('fc', 0):8.3f}")
     print("\n".join(lines))
     atomic_write_json(args.out, {"config": args.config, "overrides": args.set, "num_train": args.num_train,

@@ -39,6 +39,7 @@ __all__ = [
     "DataConfig",
     "NetworkConfig",
     "FeatureConfig",
+    "ClassifierConfig",
     "BBoxRegConfig",
     "FinetuneConfig",
     "TestConfig",
@@ -122,6 +123,13 @@ class FeatureConfig:
     fc_svd_rank: int = 0
     # where the network layers run: cpu, cuda or cuda:N (pooling and warping stay on the CPU)
     device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    # what scores windows: svm (per-class linear SVMs, hard-negative mining, on features.layer)
+    # or softmax (the fine-tuned fc8 on fc7, background dropped; no SVMs are trained)
+    type: str = "svm"
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,7 @@ class Config:
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     svm: SVMConfig = field(default_factory=SVMConfig)
     bbox_reg: BBoxRegConfig = field(default_factory=BBoxRegConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -402,6 +411,7 @@ RULES: dict[str, Any] = {
     "features.rcnn_crop_batch_size": POSITIVE_INT,
     "features.fc_svd_rank": NON_NEGATIVE_INT,
     "features.device": DEVICE,
+    "classifier.type": Choice(("svm", "softmax"), "classifier"),  # detect.classifiers.CLASSIFIERS
     "svm.C": POSITIVE,
     "svm.bias_multiplier": POSITIVE,
     "svm.pos_loss_weight": POSITIVE,
@@ -453,6 +463,8 @@ CROSS_RULES: tuple[tuple[str, Callable[[Any], bool], Callable[[Any], str]], ...]
      lambda c: f"at most svm.hard_threshold, {_show(c.svm.hard_threshold)}"),
     ("features.rcnn_context_pad", lambda c: 2 * c.features.rcnn_context_pad < c.features.rcnn_crop_size,
      lambda c: f"less than half of features.rcnn_crop_size, {c.features.rcnn_crop_size}"),
+    ("features.layer", lambda c: c.classifier.type != "softmax" or c.features.layer == "fc7",
+     lambda c: "fc7 with classifier.type softmax, whose fc8 reads fc7"),
 )
 
 

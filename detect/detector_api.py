@@ -13,7 +13,8 @@ Every script goes through it: ``tools/demo.py`` (:func:`detect.pipeline.demo`),
 ``tools/test_net.py`` (:func:`detect.pipeline.test`, whose test loop is
 :func:`detect.testing.run_test` around :meth:`Detector.detect_with_timings`) and the
 benchmarks. Per image: selective-search proposals (unless given) -> window features
-(SPP-net or R-CNN, as the model was trained) -> SVM scores -> per-class box regression ->
+(SPP-net or R-CNN, as the model was trained) -> class scores (the model's classifier: SVMs
+or the fine-tuned softmax) -> per-class box regression ->
 per-class threshold, NMS and top-k with the model's ``test`` settings.
 """
 from __future__ import annotations
@@ -58,7 +59,9 @@ class Detector:
       1..w of the devkit's 1-based inclusive boxes is ``x1 = 0, x2 = w``;
       :func:`sppcore.boxes.internal_to_voc` converts to the devkit's);
     * ``labels``: int64 [N], indices into :attr:`classes`;
-    * ``scores``: float32 [N], the class's SVM score (not a probability; higher is surer).
+    * ``scores``: float32 [N], the class's score from the model's classifier: an SVM
+      margin (not a probability) or, for a ``softmax`` model, the class's probability;
+      higher is surer either way.
 
     Detections are per class after NMS, at most ``test.max_per_class`` per class, grouped
     by class. ``proposals``: optional precomputed windows per image (float32 [M, 4], same
@@ -80,8 +83,8 @@ class Detector:
         unsealed directory is a :class:`UserError`), its network on ``device`` (``cpu``,
         ``cuda``, ``cuda:N``; None: the device in the model's config). ``overrides``
         (``["test.nms_iou=0.4", ...]``) and ``config_path`` change test-time settings;
-        settings the SVMs depend on (method, layer, pyramid levels) must stay the
-        model's."""
+        settings the classifier depends on (method, layer, pyramid levels, classifier
+        type) must stay the model's."""
         from detect.feature_sources import WindowFeatures
         from detect.pipeline import _model_and_config
 
@@ -121,7 +124,7 @@ class Detector:
         return _check_proposals(boxes, "proposals"), time.perf_counter() - t0
 
     def score(self, image, proposals=None) -> WindowScores:
-        """Every window's SVM scores [M, K] and per-class regressed boxes [M, K, 4] (None
+        """Every window's class scores [M, K] and per-class regressed boxes [M, K, 4] (None
         without regressors), before NMS; ``timings`` holds the seconds per stage
         (``proposals`` too when they were computed here). With :meth:`postprocess`, the
         detections with and without box regression come from the same scores."""
@@ -166,5 +169,6 @@ class Detector:
 
     def __repr__(self) -> str:
         cfg = self.config
-        return (f"Detector({cfg.name!r}, method={cfg.features.method}, layer={self.model.svm_layer}, "
+        return (f"Detector({cfg.name!r}, method={cfg.features.method}, {self.model.classifier.name} on "
+                f"{self.model.classifier.layer}, "
                 f"{len(self.classes)} classes, model {self.model.digest})")

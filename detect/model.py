@@ -5,10 +5,14 @@ Layout (plain formats only, no pickle)::
     MODEL_DIR/
         config.yaml         the resolved config the model was trained with
         classes.txt         class names in label order
-        svm.npz             weights [K, D] float32, bias [K] float32 (score = x @ W.T + b on
-                            unscaled features of layer ``svm_layer``), feature_scale
+        svm.npz             classifier ``svm``: weights [K, D] float32, bias [K] float32
+                            (score = x @ W.T + b on unscaled features of layer
+                            ``svm_layer``), feature_scale
+        softmax.npz         classifier ``softmax``: fc8's weights [K + 1, D] float32 and bias
+                            [K + 1] (on fc7; row 0 background), see detect/classifiers.py
         bbox_reg.npz        optional: BoxRegressor arrays (layer in model.json)
-        model.json          layers, feature dimension, method, network file
+        model.json          classifier type, layers (``svm_layer``: the layer the classifier
+                            reads, whichever it is), feature dimension, method, network file
         network.npz/.json   the trunk + fc head the features came from (absent when the
                             config's ImageNet weights reproduce it exactly)
         train_report.json   per-class positives, negatives, mining rounds, seconds
@@ -23,6 +27,9 @@ directory whose seal is missing or whose files no longer match it (a retrain int
 while writing, a truncated or edited file). Training writes nothing into the directory
 before its model files are ready, so an interrupted retrain leaves the previous model
 usable.
+
+Format 3 records the classifier type in model.json; a format 2 directory names none, holds
+SVMs and still loads.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detect.bbox_regression import BoxRegressor
+from detect.classifiers import CLASSIFIERS
 from detect.config import Config, load_config, save_config
 from sppcore.errors import UserError
 from sppcore.fileio import (atomic_save_npz, atomic_write_json, atomic_write_text, load_npz, read_seal,
@@ -40,23 +48,48 @@ from sppcore.fileio import (atomic_save_npz, atomic_write_json, atomic_write_tex
 
 __all__ = ["DetectionModel", "save_model", "load_model", "sealed_model_key"]
 
-MODEL_FORMAT_VERSION = 2
+MODEL_FORMAT_VERSION = 3
+# the formats load_model reads; format 2 has no "classifier" in model.json: SVMs
+READABLE_FORMATS = (2, 3)
 
 
 @dataclass
 class DetectionModel:
-    """Everything needed to score windows, besides the network itself."""
+    """Everything needed to score windows, besides the network itself. ``classifier`` is
+    one of :data:`detect.classifiers.CLASSIFIERS` (its ``score`` gives the class scores)."""
 
     config: Config
     classes: tuple[str, ...]
-    svm_layer: str
-    svm_weights: np.ndarray  # float32 [K, D]
-    svm_bias: np.ndarray  # float32 [K]
-    feature_scale: float
+    classifier: object
     regressor: BoxRegressor | None = None
     bbox_layer: str = "pool5"
     network_file: str | None = None  # path of the network weights (inside the model dir)
     digest: str = ""  # the sealed content's digest (set by save_model / load_model)
+
+    @property
+    def svm_layer(self) -> str:
+        """The feature layer the classifier reads (SVMs: ``features.layer``; softmax: fc7)."""
+        return self.classifier.layer
+
+    def _svm(self):
+        if self.classifier.name != "svm":
+            raise AttributeError(f"a {self.classifier.name} model has no SVMs")
+        return self.classifier
+
+    @property
+    def svm_weights(self) -> np.ndarray:
+        """float32 [K, D] of an SVM model (AttributeError for another classifier)."""
+        return self._svm().weights
+
+    @property
+    def svm_bias(self) -> np.ndarray:
+        """float32 [K] of an SVM model (AttributeError for another classifier)."""
+        return self._svm().bias
+
+    @property
+    def feature_scale(self) -> float:
+        """The SVMs' training feature scale (AttributeError for another classifier)."""
+        return self._svm().feature_scale
 
 
 def save_model(model: DetectionModel, directory: str, key: object = "") -> str:
@@ -64,15 +97,13 @@ def save_model(model: DetectionModel, directory: str, key: object = "") -> str:
     the model was trained from); returns the model's digest."""
     os.makedirs(directory, exist_ok=True)
     unseal_directory(directory)
-    files = ["config.yaml", "classes.txt", "svm.npz", "model.json"]
+    classifier = model.classifier
+    if classifier.num_classes != len(model.classes):
+        raise ValueError(f"the classifier scores {classifier.num_classes} classes, the model has {len(model.classes)}")
+    files = ["config.yaml", "classes.txt", classifier.file, "model.json"]
     save_config(model.config, os.path.join(directory, "config.yaml"))
     atomic_write_text(os.path.join(directory, "classes.txt"), "\n".join(model.classes) + "\n")
-    atomic_save_npz(
-        os.path.join(directory, "svm.npz"),
-        weights=np.asarray(model.svm_weights, np.float32),
-        bias=np.asarray(model.svm_bias, np.float32),
-        feature_scale=np.float32(model.feature_scale),
-    )
+    atomic_save_npz(os.path.join(directory, classifier.file), **classifier.to_arrays())
     if model.regressor is not None:
         atomic_save_npz(os.path.join(directory, "bbox_reg.npz"), **model.regressor.to_arrays())
         files.append("bbox_reg.npz")
@@ -84,11 +115,12 @@ def save_model(model: DetectionModel, directory: str, key: object = "") -> str:
         os.path.join(directory, "model.json"),
         {
             "format_version": MODEL_FORMAT_VERSION,
+            "classifier": classifier.name,
             "method": model.config.features.method,
             "levels": list(model.config.features.levels),
-            "svm_layer": model.svm_layer,
+            "svm_layer": classifier.layer,
             "bbox_layer": model.bbox_layer,
-            "feature_dim": int(np.asarray(model.svm_weights).shape[1]),
+            "feature_dim": int(classifier.feature_dim),
             "num_classes": len(model.classes),
             "bbox_regression": model.regressor is not None,
             "network_file": network_file,
@@ -118,18 +150,22 @@ def load_model(directory: str) -> DetectionModel:
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-        if meta.get("format_version") != MODEL_FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_FORMATS:
             raise UserError(f"{meta_path}: unsupported model format {meta.get('format_version')!r} "
-                            f"(this version reads {MODEL_FORMAT_VERSION}); train the model again")
+                            f"(this version reads {', '.join(map(str, READABLE_FORMATS))}); train the model again")
+        name = meta.get("classifier", "svm") if meta["format_version"] == 2 else meta["classifier"]
+        if name not in CLASSIFIERS:
+            raise UserError(f"{meta_path}: unknown classifier {name!r} (this version knows "
+                            f"{', '.join(CLASSIFIERS)}); train the model again")
+        kind = CLASSIFIERS[name]
         cfg = load_config(os.path.join(directory, "config.yaml"))
         with open(os.path.join(directory, "classes.txt"), encoding="utf-8") as f:
             classes = tuple(line.strip() for line in f if line.strip())
-        svm = load_npz(os.path.join(directory, "svm.npz"))
-        svm_weights, svm_bias, feature_scale = svm["weights"], svm["bias"], float(svm["feature_scale"])
+        classifier = kind.from_arrays(load_npz(os.path.join(directory, kind.file)), meta["svm_layer"])
         regressor = None
         if meta["bbox_regression"]:
             regressor = BoxRegressor.from_arrays(load_npz(os.path.join(directory, "bbox_reg.npz")))
-        svm_layer, feature_dim = meta["svm_layer"], int(meta["feature_dim"])
+        feature_dim = int(meta["feature_dim"])
         bbox_layer, network_file = meta["bbox_layer"], meta["network_file"]
     except UserError:
         raise
@@ -137,15 +173,13 @@ def load_model(directory: str) -> DetectionModel:
         raise UserError(f"{directory}: cannot read model ({type(e).__name__}: {e})") from None
     if network_file:
         network_file = os.path.join(directory, network_file)
-    if svm_weights.shape != (len(classes), feature_dim) or svm_bias.shape != (len(classes),):
-        raise UserError(f"{directory}/svm.npz: weights shape {svm_weights.shape} does not match classes.txt")
+    if (classifier.num_classes, classifier.feature_dim) != (len(classes), feature_dim):
+        raise UserError(f"{directory}/{kind.file}: weights shape {list(classifier.weights.shape)} does not match "
+                        f"classes.txt ({len(classes)} classes) and model.json (feature_dim {feature_dim})")
     return DetectionModel(
         config=cfg,
         classes=classes,
-        svm_layer=svm_layer,
-        svm_weights=svm_weights,
-        svm_bias=svm_bias,
-        feature_scale=feature_scale,
+        classifier=classifier,
         regressor=regressor,
         bbox_layer=bbox_layer,
         network_file=network_file,

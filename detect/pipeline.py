@@ -39,14 +39,43 @@ def dataset_identity(dataset) -> list:
     return dataset.identity()
 
 
+def _model_config_key(cfg: Config) -> dict:
+    """The config part of a model's key: all of it, but an SVM model's leaves out the
+    ``classifier`` section (the default), so that SVM models sealed before the section
+    existed keep their key."""
+    from detect.config import config_to_dict
+
+    values = config_to_dict(cfg)
+    if cfg.classifier.type == "svm":
+        del values["classifier"]
+    return values
+
+
+def _softmax_of_network(cfg: Config, head, classes):
+    """``classifier.type: softmax``: the classifier of the configured network's fc8, which
+    must have been trained for ``classes`` (a one-line UserError otherwise)."""
+    from detect.classifiers import softmax_from_fc8
+    from detect.trunks import network_fc8_classes
+
+    weights = cfg.network.weights
+    is_file = weights not in ("imagenet", "random")
+    fc8 = head.fc8
+    return softmax_from_fc8(None if fc8 is None else fc8.weight.detach().cpu().numpy(),
+                            None if fc8 is None else fc8.bias.detach().cpu().numpy(),
+                            network_fc8_classes(weights) if is_file else None, classes,
+                            where=weights if is_file else f"network.weights={weights}")
+
+
 def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None, progress: bool = True) -> str:
-    """Train SVMs (+ box regressors) for ``cfg``; returns the model directory.
+    """Train the classifier (``classifier.type``: SVMs with hard-negative mining, or
+    softmax: the network's fine-tuned fc8, nothing to train) and the box regressors for
+    ``cfg``; returns the model directory.
 
     A model directory sealed by a run with the same key (the whole config, the training
     images and annotations, the network's weights) is up to date and returned as it is;
     otherwise the model is trained, resuming from ``work/`` when that holds checkpoints of
     the same training, and the directory is rewritten and sealed (:mod:`detect.model`)."""
-    from detect.config import config_to_dict
+    from detect.classifiers import LinearSVMClassifier
     from detect.feature_sources import WindowFeatures, network_digest
     from detect.model import DetectionModel, save_model, sealed_model_key
     from detect.training import train_detector
@@ -57,11 +86,13 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
     dataset = open_dataset(cfg, cfg.data.train_set, num_images)
     features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
     identity = dataset_identity(dataset)
-    model_key = {"config": config_to_dict(cfg), "data": identity, "proposals": proposal_key(cfg),
+    model_key = {"config": _model_config_key(cfg), "data": identity, "proposals": proposal_key(cfg),
                  "network": network_digest(features.trunk, features.head), "layout": WORK_LAYOUT}
     if sealed_model_key(out_dir) == stable_hash(model_key):
         log.info("%s: up to date (trained with the same settings, data and network)", out_dir)
         return out_dir
+    # softmax: checked before any work, and not trained (the network's fc8 as it is)
+    softmax = _softmax_of_network(cfg, features.head, dataset.classes) if cfg.classifier.type == "softmax" else None
     handler = _add_file_handler(os.path.join(out_dir, "train.log"))
     try:
         log.info("training %s on %s/%s: %d images, %d classes", cfg.name, cfg.data.root,
@@ -77,10 +108,10 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
         unseal_directory(out_dir)
         network_file = features.save_network_if_needed(out_dir)
         atomic_write_json(os.path.join(out_dir, "train_report.json"), result.report)
+        classifier = softmax or LinearSVMClassifier(cfg.features.layer, result.svm_weights, result.svm_bias,
+                                                    result.feature_scale)
         model = DetectionModel(
-            config=cfg, classes=tuple(dataset.classes), svm_layer=cfg.features.layer,
-            svm_weights=result.svm_weights, svm_bias=result.svm_bias,
-            feature_scale=result.feature_scale, regressor=result.regressor,
+            config=cfg, classes=tuple(dataset.classes), classifier=classifier, regressor=result.regressor,
             bbox_layer=cfg.bbox_reg.layer, network_file=network_file)
         save_model(model, out_dir, key=model_key)
         log.info("model written to %s (digest %s)", out_dir, model.digest)
@@ -105,15 +136,15 @@ def _resume_key(cfg: Config, sections, identity, network: str, **extra) -> str:
 
 def _reset_stale_work_dir(work_dir: str, cfg: Config, identity, network: str) -> None:
     """The checkpoints in ``work_dir`` (positives, mining state) serve only a rerun of the
-    same training: features, network weights, SVM / regression settings, images and
-    annotations, proposals. A work directory left by other settings (or with an unreadable
-    key) is emptied, so that a model directory reused with a new config never trains on
-    stale features."""
+    same training: features, network weights, classifier type, SVM / regression settings,
+    images and annotations, proposals. A work directory left by other settings (or with an
+    unreadable key) is emptied, so that a model directory reused with a new config never
+    trains on stale features."""
     import json
     import shutil
 
     key = _resume_key(cfg, ("data", "proposals", "features", "svm", "bbox_reg"), identity, network,
-                      layout=WORK_LAYOUT)
+                      layout=WORK_LAYOUT, classifier=cfg.classifier.type)
     key_path = os.path.join(work_dir, "key.json")
     if os.path.isdir(work_dir):
         old = None
@@ -140,13 +171,16 @@ def _model_and_config(model_dir: str, method: str | None, config_path: str | Non
     for wanted, source in ((method, "--method"), (cfg.features.method, "features.method")):
         if wanted is not None and wanted != trained.method:
             raise UserError(
-                f"{model_dir}: {source}={wanted} but the model's SVMs were trained on {trained.method!r} features; "
+                f"{model_dir}: {source}={wanted} but the model's classifier was trained on {trained.method!r} features; "
                 f"train a {wanted!r} model (--set features.method={wanted}) to test that method")
     if cfg.features.layer != model.svm_layer:
         raise UserError(f"{model_dir}: features.layer={cfg.features.layer} differs from the trained {model.svm_layer}")
     if tuple(cfg.features.levels) != tuple(trained.levels):
         raise UserError(f"{model_dir}: features.levels={list(cfg.features.levels)} differs from the trained "
-                        f"{list(trained.levels)} (the SVMs read the pyramid in that order)")
+                        f"{list(trained.levels)} (the classifier reads the pyramid in that order)")
+    if cfg.classifier.type != model.classifier.name:
+        raise UserError(f"{model_dir}: classifier.type={cfg.classifier.type} but the model's classifier is "
+                        f"{model.classifier.name}; train a {cfg.classifier.type} model to test that")
     model.config = cfg
     return model, cfg
 
@@ -194,6 +228,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
         "seconds_per_image": median_timings(timings),
         "scales": list(cfg.features.scales),
         "layer": cfg.features.layer,
+        "classifier": model.classifier.name,
         "bbox_regression": model.regressor is not None,
     }
     atomic_write_json(os.path.join(out_dir, "results.json"), results)
@@ -270,16 +305,19 @@ def reval(test_dir: str, metric: str | None = None, out_path: str | None = None)
     return results, out_path
 
 
-def demo(model_dir: str, image_path: str, out_path: str | None = None, threshold: float = 0.0,
+def demo(model_dir: str, image_path: str, out_path: str | None = None, threshold: float | None = None,
          config_path: str | None = None, overrides=None, top: int | None = None):
-    """Detections on one image (score >= ``threshold``, the ``top`` best when given),
-    drawn to a PNG; returns ([(class, score, box)], png path)."""
+    """Detections on one image (score >= ``threshold``, default the classifier's
+    ``show_threshold``: 0 for SVM margins, 0.5 for softmax probabilities; the ``top`` best
+    when given), drawn to a PNG; returns ([(class, score, box)], png path)."""
     from detect.detector_api import Detector
     from detect.visualize import draw_detections
 
     detector = Detector.load(model_dir, device=None, overrides=overrides, config_path=config_path)
     image = detector.load_image(image_path)
     det = detector(image)
+    if threshold is None:
+        threshold = detector.model.classifier.show_threshold
     scores, labels, boxes = det["scores"], det["labels"], det["boxes"]
     keep = np.flatnonzero(scores >= threshold)
     keep = keep[np.argsort(-scores[keep], kind="stable")][:top]
@@ -353,7 +391,8 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
         log.info("pretraining %s: validation accuracy %.4f in %.0f s", sizes, result.val_accuracy, result.seconds)
         if sizes == runs_wanted[0]:
             save_network(trunk, head, path, extra={"pretrain": config_to_dict(cfg.pretrain),
-                                                   "val_accuracy": result.val_accuracy})
+                                                   "val_accuracy": result.val_accuracy,
+                                                   "fc8_classes": list(train_ds.classes)})
     runs.sort(key=lambda r: runs_wanted.index(tuple(r["sizes"])))
     report = {"key": key, "network": path, "classes": list(train_ds.classes), "runs": runs,
               "train_images": len(train_ds), "val_images": len(val_ds)}
@@ -399,7 +438,10 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     report = finetune_head(head, pool_fn, dataset, store, cfg.finetune, seed=cfg.seed, progress=progress,
                            checkpoint=checkpoint, key=key)
     report["method"] = cfg.features.method
-    save_network(features.trunk, head, out_path, extra={"finetune_iterations": report["iterations"]})
+    # fc8's row k + 1 is dataset.classes[k] (detect.finetune.label_windows): what
+    # classifier.type softmax checks before it scores with this fc8
+    save_network(features.trunk, head, out_path, extra={"finetune_iterations": report["iterations"],
+                                                        "fc8_classes": list(dataset.classes)})
     atomic_write_json(os.path.splitext(out_path)[0] + "_report.json", report)
     if os.path.exists(checkpoint):
         os.remove(checkpoint)

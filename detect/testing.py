@@ -2,7 +2,8 @@
 
 Per image: proposals (from the proposal store, timed when they were computed) -> window
 features (``extract_fn(image, boxes, layers) -> ({layer: [N, D]}, {stage: seconds})``)
--> SVM scores -> box regression -> per-class NMS. Each image's detections and timings are
+-> class scores (the model's classifier: SVMs or the fine-tuned softmax,
+:mod:`detect.classifiers`) -> box regression -> per-class NMS. Each image's detections and timings are
 written to ``out_dir/detections/<image_id>.npz`` as soon as they exist, keyed by the model,
 the test-time settings and the image, so an interrupted run resumes where it stopped and a
 run with another model or other settings recomputes; the raw detections of the whole set are saved in
@@ -21,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from detect.detector import Detections, concatenate_detections, detections_from_scores, score_windows
+from detect.detector import Detections, concatenate_detections, detections_from_scores
 from detect.model import DetectionModel
 from sppcore.boxes import apply_bbox_deltas
 from sppcore.faults import kill_point
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 ExtractFn = Callable[[np.ndarray, np.ndarray, Sequence[str]], tuple[dict, dict]]
 DetectFn = Callable[[np.ndarray, np.ndarray], tuple[Detections, dict]]
 
-# Stages reported in results.json["seconds_per_image"] (median over images).
+# Stages reported in results.json["seconds_per_image"] (median over images). ``svm`` is
+# the classifier's scoring, whichever the model's is.
 # ``warp`` is R-CNN's (cropping and warping each window; 0 for SPP-net), last so that
 # detections cached with the older stage list still read back in order.
 STAGES = ("proposals", "conv", "pool", "fc", "svm", "nms", "bbox_reg", "warp")
@@ -43,7 +45,7 @@ STAGES = ("proposals", "conv", "pool", "fc", "svm", "nms", "bbox_reg", "warp")
 @dataclass
 class WindowScores:
     """What one image's windows scored, before NMS: ``boxes`` float32 [N, 4] (the
-    windows, internal convention), ``scores`` float32 [N, K] (SVM scores), ``class_boxes``
+    windows, internal convention), ``scores`` float32 [N, K] (the classifier's), ``class_boxes``
     float32 [N, K, 4] (each window regressed for each class; None without regressors),
     ``image_size`` (height, width) and the seconds per stage so far."""
 
@@ -55,7 +57,7 @@ class WindowScores:
 
 
 def score_image(model: DetectionModel, extract_fn: ExtractFn, image: np.ndarray, boxes: np.ndarray) -> WindowScores:
-    """Features, SVM scores and regressed boxes of one image's windows (no NMS)."""
+    """Features, class scores and regressed boxes of one image's windows (no NMS)."""
     feats, timings = extract_fn(image, boxes, model_layers(model))
     timings = {k: float(v) for k, v in timings.items()}
     scores, class_boxes, svm_s, reg_s = score_and_regress(model, feats, boxes)
@@ -90,16 +92,17 @@ def detect_image(
 
 
 def model_layers(model: DetectionModel) -> tuple[str, ...]:
-    """The feature layers a model reads: its SVMs' and, with regressors, theirs."""
+    """The feature layers a model reads: its classifier's and, with regressors, theirs."""
+    layer = model.classifier.layer
     use_reg = model.regressor is not None
-    return (model.svm_layer,) + ((model.bbox_layer,) if use_reg and model.bbox_layer != model.svm_layer else ())
+    return (layer,) + ((model.bbox_layer,) if use_reg and model.bbox_layer != layer else ())
 
 
 def score_and_regress(model: DetectionModel, feats: dict[str, np.ndarray], boxes: np.ndarray):
-    """SVM scores [N, K] of the windows, their per-class regressed boxes [N, K, 4] (None
-    without regressors) and the seconds each took."""
+    """Class scores [N, K] of the windows (the model's classifier), their per-class
+    regressed boxes [N, K, 4] (None without regressors) and the seconds each took."""
     t0 = time.perf_counter()
-    scores = score_windows(feats[model.svm_layer], model.svm_weights, model.svm_bias)
+    scores = model.classifier.score(feats[model.classifier.layer])
     t1 = time.perf_counter()
     class_boxes = None
     if model.regressor is not None and len(boxes):

@@ -1,5 +1,8 @@
 """Training a detector on window features: SVMs with hard-negative mining + box regression.
 
+With ``classifier.type: softmax`` the network's fine-tuned fc8 scores the windows
+(:mod:`detect.classifiers`): nothing is mined and only the box regressors are trained.
+
 Network-agnostic: windows become features through ``feature_fn(image_id, boxes, layers)
 -> {layer: float32 [N, D]}`` (SPP-net pools them from cached conv5 maps, R-CNN warps and
 runs the whole net; see :mod:`detect.feature_sources`), so SPP-net and R-CNN share this
@@ -55,9 +58,12 @@ CHECKPOINT_IMAGES = 50
 
 @dataclass
 class TrainingResult:
-    svm_weights: np.ndarray
-    svm_bias: np.ndarray
-    feature_scale: float
+    """What training produced; the SVM fields are None when no SVMs were trained
+    (``classifier.type: softmax``)."""
+
+    svm_weights: np.ndarray | None
+    svm_bias: np.ndarray | None
+    feature_scale: float | None
     regressor: BoxRegressor | None
     report: dict = field(default_factory=dict)
 
@@ -75,18 +81,19 @@ def collect_positives(
     work_dir: str,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Pass 1. Returns arrays: ``pos_features`` [P, D] float32, ``pos_labels`` [P],
-    ``scale_norms`` [S] (L2 norms of the sampled proposals' features), and for regression
-    ``reg_features`` [M, Dr] float16 (exact for SPP-net's pool5, which is pooled from
-    float16 conv5 maps), ``reg_boxes``, ``reg_gt`` [M, 4], ``reg_labels`` [M]. Cached in
-    ``work_dir/positives.npz``."""
+    """Pass 1. Returns arrays: for the SVMs (``classifier.type: svm``) ``pos_features``
+    [P, D] float32, ``pos_labels`` [P], ``scale_norms`` [S] (L2 norms of the sampled
+    proposals' features), and for regression ``reg_features`` [M, Dr] float16 (exact for
+    SPP-net's pool5, which is pooled from float16 conv5 maps), ``reg_boxes``, ``reg_gt``
+    [M, 4], ``reg_labels`` [M]. Cached in ``work_dir/positives.npz``."""
     path = os.path.join(work_dir, "positives.npz")
     stored = load_npz_or_none(path, "positives checkpoint")
     if stored is not None:
         log.info("positives: reusing %s", path)
         return stored
+    svms = cfg.classifier.type == "svm"  # softmax: regression examples only
     svm_layer, reg_layer = cfg.features.layer, cfg.bbox_reg.layer
-    layers = (svm_layer,) if not cfg.bbox_reg.enabled else tuple(dict.fromkeys((svm_layer, reg_layer)))
+    layers = tuple(dict.fromkeys(((svm_layer,) if svms else ()) + ((reg_layer,) if cfg.bbox_reg.enabled else ())))
     rng = np.random.default_rng(cfg.seed)
     parts: dict[str, list] = {k: [] for k in ("pos_features", "pos_labels", "scale_norms",
                                               "reg_features", "reg_boxes", "reg_gt", "reg_labels")}
@@ -107,15 +114,18 @@ def collect_positives(
                 max_per_object=cfg.bbox_reg.max_examples_per_object, rng=rng)
         else:
             windows = props
-        # one feature computation for every window this image needs
-        wanted = np.unique(np.concatenate([sample, reg_idx]).astype(np.int64))
-        all_windows = np.concatenate([gt_boxes, windows[wanted]]).astype(np.float32)
+        # one feature computation for every window this image needs (the sample is drawn
+        # either way, so that both classifiers get the same regression examples)
+        wanted = np.unique(np.concatenate([sample if svms else sample[:0], reg_idx]).astype(np.int64))
+        svm_gt = gt_boxes if svms else np.zeros((0, 4), np.float32)
+        all_windows = np.concatenate([svm_gt, windows[wanted]]).astype(np.float32)
         feats = feature_fn(image_id, all_windows, layers)
-        g = len(gt_boxes)
-        parts["pos_features"].append(feats[svm_layer][:g])
-        parts["pos_labels"].append(gt_labels)
-        pos_in_wanted = np.searchsorted(wanted, sample)
-        parts["scale_norms"].append(feature_norms(feats[svm_layer][g:][pos_in_wanted]))
+        g = len(svm_gt)
+        if svms:
+            parts["pos_features"].append(feats[svm_layer][:g])
+            parts["pos_labels"].append(gt_labels)
+            pos_in_wanted = np.searchsorted(wanted, sample)
+            parts["scale_norms"].append(feature_norms(feats[svm_layer][g:][pos_in_wanted]))
         if cfg.bbox_reg.enabled:
             rows = g + np.searchsorted(wanted, reg_idx)
             reg_feats = feats[reg_layer][rows].astype(np.float16)
@@ -130,7 +140,8 @@ def collect_positives(
     for k, v in parts.items():
         if v:
             out[k] = np.concatenate(v)
-    out["pos_labels"] = out["pos_labels"].astype(np.int64)
+    if svms:
+        out["pos_labels"] = out["pos_labels"].astype(np.int64)
     atomic_save_npz(path, **out)
     return out
 
@@ -201,16 +212,26 @@ def train_detector(
     work_dir: str,
     progress: bool = True,
 ) -> TrainingResult:
-    """Both passes plus box regression. ``proposals[image_id]`` -> float32 [N, 4]."""
+    """Both passes plus box regression (``classifier.type: softmax``: box regression
+    only). ``proposals[image_id]`` -> float32 [N, 4]."""
     os.makedirs(work_dir, exist_ok=True)
+    svms = cfg.classifier.type == "svm"
     t0 = time.perf_counter()
-    positives = collect_positives(cfg, dataset, proposals, feature_fn, work_dir, progress)
+    positives = {}
+    if svms or cfg.bbox_reg.enabled:
+        positives = collect_positives(cfg, dataset, proposals, feature_fn, work_dir, progress)
     t1 = time.perf_counter()
-    feature_scale = feature_scale_from_norms(positives["scale_norms"], cfg.svm.target_norm)
-    log.info("feature scale %.4g (mean norm -> %g); %d positives", feature_scale,
-             cfg.svm.target_norm, len(positives["pos_labels"]))
-    W, b, svm_report = mine_svms(cfg, dataset, proposals, feature_fn, positives, feature_scale,
-                                 work_dir, progress)
+    W = b = feature_scale = None
+    svm_report: dict = {}
+    if svms:
+        feature_scale = feature_scale_from_norms(positives["scale_norms"], cfg.svm.target_norm)
+        log.info("feature scale %.4g (mean norm -> %g); %d positives", feature_scale,
+                 cfg.svm.target_norm, len(positives["pos_labels"]))
+        W, b, svm_report = mine_svms(cfg, dataset, proposals, feature_fn, positives, feature_scale,
+                                     work_dir, progress)
+        feature_scale = float(feature_scale)
+    else:
+        log.info("classifier %s: no SVMs to train", cfg.classifier.type)
     t2 = time.perf_counter()
     regressor = None
     if cfg.bbox_reg.enabled:
@@ -221,11 +242,12 @@ def train_detector(
             feature_scale=reg_scale)
     t3 = time.perf_counter()
     report = {
-        "classes": {name: dict(svm_report[k]) for k, name in enumerate(dataset.classes)},
+        "classifier": cfg.classifier.type,
+        "classes": {name: dict(svm_report[k]) for k, name in enumerate(dataset.classes)} if svms else {},
         "num_images": len(dataset),
-        "num_positives": int(len(positives["pos_labels"])),
+        "num_positives": int(len(positives.get("pos_labels", []))),
         "bbox_examples": int(len(positives.get("reg_labels", []))),
-        "feature_scale": float(feature_scale),
+        "feature_scale": feature_scale,
         "seconds": {"positives": t1 - t0, "mining": t2 - t1, "bbox_regression": t3 - t2},
     }
-    return TrainingResult(W, b, float(feature_scale), regressor, report)
+    return TrainingResult(W, b, feature_scale, regressor, report)

@@ -57,6 +57,7 @@ __all__ = [
     "save_network",
     "load_network",
     "load_state_file",
+    "network_fc8_classes",
 ]
 
 log = logging.getLogger(__name__)
@@ -447,6 +448,28 @@ def save_network(trunk: Trunk, head: FCHead, path: str, extra: dict | None = Non
     meta.update(extra or {})
     atomic_write_json(path + ".json", meta)
     return path
+
+
+def network_fc8_classes(path: str) -> tuple[str, ...] | None:
+    """The class names, in label order, that the fc8 of the network file ``path`` was
+    trained for (its row k + 1 scores class k; row 0 is background), as fine-tuning and
+    pretraining record them in ``path``.json (``fc8_classes``); None when no record exists
+    (no description, or a network saved without one). A malformed record is a one-line
+    UserError."""
+    meta_path = path + ".json"
+    if not os.path.isfile(meta_path):
+        return None
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{meta_path}: unreadable network description ({type(e).__name__}: {e})") from None
+    classes = meta.get("fc8_classes") if isinstance(meta, dict) else None
+    if classes is None:
+        return None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{meta_path}: fc8_classes must be a list of class names, got {classes!r}")
+    return tuple(classes)
 
 
 def load_network(path: str, levels: Sequence[int] = (6, 3, 2, 1), dropout: float = 0.5) -> tuple[Trunk, FCHead]:

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model directory written by train_svm.py")
     parser.add_argument("--image", required=True, help="a JPEG or PNG image")
     parser.add_argument("--out", default=None, help="output PNG (default: <image name>_detections.png)")
-    parser.add_argument("--threshold", type=float, default=0.0, help="minimum SVM score to show (default: 0)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="minimum score to show (default: 0 for an SVM model, 0.5 for a softmax model)")
     parser.add_argument("--config", default=None, help="optional YAML whose settings override the model's")
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                         help="override the model's config, e.g. --set proposals.backend=opencv_fast")
