@@ -48,30 +48,43 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
     A model directory sealed by a run with the same key (the whole config, the training
     images and annotations, the network's weights) is up to date and returned as it is;
     otherwise the model is trained, resuming from ``work/`` when that holds checkpoints of
-    the same training, and the directory is rewritten and sealed (:mod:`detect.model`)."""
-    from detect.config import config_to_dict
+    the same training, and the directory is rewritten and sealed (:mod:`detect.model`).
+
+    Under torchrun every process computes the proposals and SPP-net conv5 maps of its
+    shard of the images, then rank 0 trains and writes the model and the others return
+    (:mod:`detect.distributed`)."""
+    from detect import distributed
+    from detect.config import keyed_settings
     from detect.feature_sources import WindowFeatures, network_digest
     from detect.fileio import stable_hash, unseal_directory
     from detect.model import DetectionModel, save_model, sealed_model_key
     from detect.training import train_detector
 
+    world = distributed.init(cfg.features.device)
+    progress = progress and world.is_main
     out_dir = out_dir or os.path.join(cfg.output_dir, cfg.name, "model")
     os.makedirs(out_dir, exist_ok=True)
     dataset = open_dataset(cfg, cfg.data.train_set, num_images)
     features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
     identity = dataset_identity(dataset)
-    model_key = {"config": config_to_dict(cfg), "data": identity, "proposals": proposal_key(cfg),
+    model_key = {"config": keyed_settings(cfg), "data": identity, "proposals": proposal_key(cfg),
                  "network": network_digest(features.trunk, features.head), "layout": WORK_LAYOUT}
     if sealed_model_key(out_dir) == stable_hash(model_key):
         log.info("%s: up to date (trained with the same settings, data and network)", out_dir)
         return out_dir
-    handler = _add_file_handler(os.path.join(out_dir, "train.log"))
+    handler = _add_file_handler(os.path.join(out_dir, "train.log")) if world.is_main else None
     try:
         log.info("training %s on %s/%s: %d images, %d classes", cfg.name, cfg.data.root,
                  cfg.data.train_set, len(dataset), len(dataset.classes))
         t0 = time.perf_counter()
         store = build_proposal_store(cfg, dataset, progress)
         t_prop = time.perf_counter() - t0
+        if world.parallel:
+            # the per-image part of training, in parallel; the mining pass is sequential
+            features.fill_conv_cache(dataset, world.shard(dataset.image_ids), progress)
+            distributed.barrier()
+            if not world.is_main:
+                return out_dir
         work_dir = os.path.join(out_dir, "work")
         _reset_stale_work_dir(work_dir, cfg, identity, model_key["network"])
         result = train_detector(cfg, dataset, store, features.feature_fn(dataset), work_dir, progress)
@@ -88,8 +101,9 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
         save_model(model, out_dir, key=model_key)
         log.info("model written to %s (digest %s)", out_dir, model.digest)
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     return out_dir
 
 
@@ -98,10 +112,11 @@ def _resume_key(cfg: Config, sections, identity, network: str, **extra) -> str:
     sections, the seed, the images and annotations (:func:`dataset_identity`), the
     network's digest, the proposals' key (:func:`detect.stages.proposal_key`: a new
     proposal algorithm invalidates the state too) and ``extra``."""
-    from detect.config import config_to_dict
+    from detect.config import keyed_settings
     from detect.fileio import stable_hash
 
-    return stable_hash({section: config_to_dict(getattr(cfg, section)) for section in sections}
+    settings = keyed_settings(cfg)
+    return stable_hash({section: settings[section] for section in sections}
                        | {"seed": cfg.seed, "data": identity, "network": network, "proposals": proposal_key(cfg)}
                        | extra)
 
@@ -157,12 +172,22 @@ def _model_and_config(model_dir: str, method: str | None, config_path: str | Non
 def test(model_dir: str, method: str | None = None, num_images: int | None = None, out_dir: str | None = None,
          config_path: str | None = None, overrides=None, progress: bool = True):
     """Detect on the test set and evaluate by ``test.metric``; returns (results dict,
-    output directory)."""
-    from detect.config import config_to_dict
+    output directory).
+
+    Under torchrun every process detects on its shard of the images, then rank 0 reads
+    every image's detections back and evaluates them; the other processes return
+    ``(None, output directory)`` (:mod:`detect.distributed`)."""
+    from detect import distributed
+    from detect.config import config_to_dict, keyed_settings
     from detect.detector_api import Detector
     from detect.evaluation import write_voc_results
     from detect.testing import median_timings, run_test
 
+    if distributed.world_from_env().parallel:
+        # the process group's backend follows the device the network runs on
+        distributed.init(_model_and_config(model_dir, method, config_path, overrides)[1].features.device)
+    world = distributed.current()
+    progress = progress and world.is_main
     detector = Detector.load(model_dir, device=None, overrides=overrides, config_path=config_path, method=method)
     model, cfg = detector.model, detector.config
     dataset = open_dataset(cfg, cfg.data.test_set, num_images)
@@ -170,15 +195,22 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
         raise UserError(f"{cfg.data.root}: classes {dataset.classes} differ from the model's {model.classes}")
     out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(model_dir)), f"test_{cfg.features.method}")
     os.makedirs(out_dir, exist_ok=True)
-    save_config(cfg, os.path.join(out_dir, "config.yaml"))
+    if world.is_main:
+        save_config(cfg, os.path.join(out_dir, "config.yaml"))
     store = build_proposal_store(cfg, dataset, progress)
     # what every image's detections depend on besides the image itself; test.metric only
     # changes how they are scored, so it stays out (a cache written before the setting
     # existed keeps its key)
     test_settings = {k: v for k, v in config_to_dict(cfg.test).items() if k != "metric"}
     det_key = {"model": model.digest, "layout": 1, "proposal_store": proposal_key(cfg),
-               **{s: config_to_dict(getattr(cfg, s)) for s in ("network", "proposals", "features")},
+               **{s: keyed_settings(cfg)[s] for s in ("network", "proposals", "features")},
                "test": test_settings}
+    if world.parallel:
+        run_test(detector.detect_with_timings, dataset, store, world.shard(dataset.image_ids), out_dir, progress,
+                 key=det_key, save_all=False)
+        distributed.barrier()
+        if not world.is_main:
+            return None, out_dir
     dets, timings = run_test(detector.detect_with_timings, dataset, store, dataset.image_ids, out_dir, progress,
                              key=det_key)
     write_voc_results(out_dir, cfg.data.test_set, model.classes, dataset.image_ids,
@@ -380,6 +412,11 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     from detect.finetune import finetune_head
     from detect.trunks import save_network
 
+    from detect.distributed import world_from_env
+
+    if world_from_env().parallel:
+        raise UserError("fine-tuning runs as one process (its SGD steps are sequential); start "
+                        "tools/finetune_fc.py without torchrun")
     out_path = out_path or os.path.join(cfg.output_dir, cfg.name, "finetune", "network.npz")
     save_config(cfg, os.path.join(os.path.dirname(os.path.abspath(out_path)), "config.yaml"))
     dataset = open_dataset(cfg, cfg.data.train_set)
