@@ -208,3 +208,23 @@ def test_two_processes_train_and_test_like_one(synthetic_voc, tmp_path):
     for key, values in one["detections"].items():
         assert np.array_equal(values, two["detections"][key]), key
     assert one["results"]["map"] == two["results"]["map"] and one["results"]["ap_per_class"] == two["results"]["ap_per_class"]
+
+
+# ------------------------------------------------------------------------- bench/scale.py
+
+
+def test_scaling_figures():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale", os.path.join(ROOT, "bench", "scale.py"))
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    rows = scale.scaling_rows("proposals", 8, {1: 8.0, 2: 5.0, 4: 4.0})
+    assert [r["images_per_second"] for r in rows] == [1.0, 1.6, 2.0]
+    assert [r["speedup"] for r in rows] == [1.0, 1.6, 2.0] and [r["efficiency"] for r in rows] == [1.0, 0.8, 0.5]
+    hours = scale.extrapolate(rows[1], cores_used=2, cores_per_machine=16)  # 0.8 images/s per core
+    assert hours["118k"]["1"] == pytest.approx(118287 / (0.8 * 16) / 3600)
+    assert hours["VOC07 (9,963)"]["16"] == pytest.approx(9963 / (0.8 * 256) / 3600)
+    assert scale.parse_procs("2,1,2") == [1, 2]
+    with pytest.raises(SystemExit, match="--procs"):
+        scale.parse_procs("1,x")

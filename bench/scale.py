@@ -1,0 +1,157 @@
+"""Images per second against the number of processes (torchrun), and what that predicts.
+
+For each process count P of ``--procs`` the tools run as they would in production,
+under ``torchrun --standalone --nproc-per-node P`` (P = 1: a plain ``python`` run):
+
+* ``tools/compute_proposals.py`` on the first ``--num-images`` generated test images, in
+  a fresh cache each time;
+* ``tools/test_net.py`` on the same images with a model trained once beforehand (its
+  proposals cached, so only detection is timed), into a fresh output directory each time.
+
+Each process gets an equal share of the cores (``OMP_NUM_THREADS`` = cores / P, and
+``proposals.workers`` = 0, the share of the cores). Images per second is images / wall
+time of the whole command, start-up (Python, torch, the process group) included, so small
+runs understate the speed-up. Scaling efficiency is speed-up / P.
+
+Extrapolated wall time for VOC07 (9,963 images) and 118k images (COCO train2017's
+size) on 1, 4 and 16 machines of ``--cores-per-machine`` cores assumes that the images
+per second per core of the largest P measured (all cores here busy) hold at that size (no
+start-up, no shared-filesystem limit), and covers the per-image work only: rank 0's sequential part
+(evaluation here; SVM mining in training) is not in it.
+
+Prints a table and writes JSON (default ``bench/results/scale.json``).
+
+Example::
+
+    python bench/scale.py                                  # P = 1, 2 on 8 images
+    python bench/scale.py --procs 1,2,4,8,16 --num-images 64   # a larger machine
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# image counts the extrapolation is made for: VOC 2007 trainval + test, COCO train2017
+DATASETS = {"VOC07 (9,963)": 9963, "118k": 118287}
+MACHINES = (1, 4, 16)
+# a small network and proposal cap: the tools' speed-up, not the detector's accuracy
+SETTINGS = ["network.weights=random", "network.fc_dim=256", "features.scales=[300]", "proposals.max_boxes=500"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--procs", default="1,2", help="process counts, comma-separated (default: %(default)s)")
+    parser.add_argument("--num-images", type=int, default=8, help="generated test images timed (default: %(default)s)")
+    parser.add_argument("--train-images", type=int, default=6, help="training images of the timed model")
+    parser.add_argument("--cores-per-machine", type=int, default=16, help="cores of the machines extrapolated to")
+    parser.add_argument("--work", default="data/cache/bench/scale", help="generated data, model and caches")
+    parser.add_argument("--out", default="bench/results/scale.json", help="JSON output")
+    return parser
+
+
+def parse_procs(text: str) -> list[int]:
+    try:
+        procs = sorted({int(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise SystemExit(f"--procs: {text!r} is not a comma-separated list of integers") from None
+    if not procs or procs[0] < 1:
+        raise SystemExit(f"--procs: {text!r}: give positive process counts")
+    return procs
+
+
+def run(argv: list[str], procs: int, cores: int) -> float:
+    """Wall seconds of one tool run with ``procs`` processes sharing ``cores`` cores."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    threads = str(max(1, cores // procs))
+    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    launcher = [sys.executable] if procs == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run([*launcher, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:1])} with {procs} processes failed:\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def scaling_rows(stage: str, images: int, seconds: dict[int, float]) -> list[dict]:
+    """Images per second, speed-up and efficiency against the smallest process count."""
+    base = min(seconds)
+    rows = []
+    for procs in sorted(seconds):
+        ips = images / seconds[procs]
+        speedup = seconds[base] / seconds[procs] * base
+        rows.append({"stage": stage, "procs": procs, "images": images, "seconds": seconds[procs],
+                     "images_per_second": ips, "speedup": speedup, "efficiency": speedup / procs})
+    return rows
+
+
+def extrapolate(row: dict, cores_used: int, cores_per_machine: int) -> dict:
+    """Hours per dataset and machine count at ``row``'s images per second per core (the
+    run used ``cores_used`` cores, so its efficiency is in that rate)."""
+    per_core = row["images_per_second"] / cores_used
+    return {name: {str(m): images / (per_core * cores_per_machine * m) / 3600 for m in MACHINES}
+            for name, images in DATASETS.items()}
+
+
+def format_tables(rows: list[dict], predictions: dict, cores_per_machine: int) -> str:
+    lines = [f"{'stage':<18s}{'procs':>6s}{'images':>8s}{'seconds':>9s}{'images/s':>10s}{'speed-up':>10s}"
+             f"{'efficiency':>12s}"]
+    for r in rows:
+        lines.append(f"{r['stage']:<18s}{r['procs']:>6d}{r['images']:>8d}{r['seconds']:>9.1f}"
+                     f"{r['images_per_second']:>10.3f}{r['speedup']:>10.2f}{r['efficiency']:>12.2f}")
+    lines.append("")
+    head = "".join(f"{f'{m} x {cores_per_machine} cores':>16s}" for m in MACHINES)
+    lines.append(f"{'extrapolated hours':<18s}{'images':>16s}{head}")
+    for stage, by_dataset in predictions.items():
+        for name, hours in by_dataset.items():
+            lines.append(f"{stage:<18s}{name:>16s}" + "".join(f"{hours[str(m)]:>16.2f}" for m in MACHINES))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    procs = parse_procs(args.procs)
+    from detect.distributed import cores_available
+    from detect.fileio import atomic_write_json
+    from detect.synthetic import generate_synthetic_voc
+
+    cores = cores_available()
+    work = os.path.abspath(args.work)
+    root = generate_synthetic_voc(os.path.join(work, "data"), seed=0, num_trainval=args.train_images,
+                                  num_test=args.num_images, progress=False)
+    common = [f"data.root={root}", *SETTINGS]
+    model = os.path.join(work, "model")
+    model_cache = f"cache_dir={os.path.join(work, 'cache')}"
+    run(["tools/train_svm.py", "--quiet", "--out", model, "--set", *common, model_cache], 1, cores)
+    run(["tools/compute_proposals.py", "--image-set", "test", "--set", *common, model_cache], 1, cores)
+    seconds: dict[str, dict[int, float]] = {"proposals": {}, "test_net": {}}
+    for p in procs:
+        fresh = os.path.join(work, f"runs-{p}")
+        shutil.rmtree(fresh, ignore_errors=True)
+        seconds["proposals"][p] = run(["tools/compute_proposals.py", "--image-set", "test", "--set", *common,
+                                       f"cache_dir={os.path.join(fresh, 'cache')}"], p, cores)
+        seconds["test_net"][p] = run(["tools/test_net.py", "--quiet", "--model", model,
+                                      "--out", os.path.join(fresh, "test")], p, cores)
+    rows = [r for stage, s in seconds.items() for r in scaling_rows(stage, args.num_images, s)]
+    largest = max(procs)
+    predictions = {stage: extrapolate(next(r for r in rows if r["stage"] == stage and r["procs"] == largest),
+                                      cores, args.cores_per_machine) for stage in seconds}
+    print(f"{args.num_images} generated images, {cores} cores here; wall time per command, start-up included")
+    print(format_tables(rows, predictions, args.cores_per_machine))
+    atomic_write_json(args.out, {"machine": platform.processor() or platform.machine(), "cores": cores,
+                                 "settings": SETTINGS, "rows": rows, "extrapolated_hours": predictions,
+                                 "cores_per_machine": args.cores_per_machine, "machines": list(MACHINES),
+                                 "datasets": DATASETS})
+    print(f"\nwritten {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
