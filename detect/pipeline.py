@@ -334,6 +334,15 @@ def pretrained_network_path(cfg: Config) -> str:
     return cfg.pretrain.out or os.path.join(cfg.output_dir, cfg.name, "pretrain", "network.npz")
 
 
+def _refuse_torchrun(stage: str, tool: str) -> None:
+    """A one-line error for a sequential stage started as several processes (each would
+    train the same network and write the same files)."""
+    from detect.distributed import world_from_env
+
+    if world_from_env().parallel:
+        raise UserError(f"{stage} runs as one process (its SGD steps are sequential); start {tool} without torchrun")
+
+
 def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -> dict:
     """Pretrain the configured trunk (multi-size; with ``compare`` also single-size) and
     save the multi-size network; cached: a finished run with the same settings and
@@ -345,6 +354,8 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
 
     from detect.config import config_to_dict
     from detect.fileio import read_seal, seal_directory, stable_hash, unseal_directory
+
+    _refuse_torchrun("pretraining", "tools/pretrain.py")
     from detect.pretrain import CropSampler, pretrain
     from detect.trunks import build_network, save_network
 
@@ -412,11 +423,7 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     from detect.finetune import finetune_head
     from detect.trunks import save_network
 
-    from detect.distributed import world_from_env
-
-    if world_from_env().parallel:
-        raise UserError("fine-tuning runs as one process (its SGD steps are sequential); start "
-                        "tools/finetune_fc.py without torchrun")
+    _refuse_torchrun("fine-tuning", "tools/finetune_fc.py")
     out_path = out_path or os.path.join(cfg.output_dir, cfg.name, "finetune", "network.npz")
     save_config(cfg, os.path.join(os.path.dirname(os.path.abspath(out_path)), "config.yaml"))
     dataset = open_dataset(cfg, cfg.data.train_set)

@@ -79,14 +79,16 @@ def test_nccl_without_a_gpu_is_refused_in_one_line():
     assert distributed.current() == distributed.SINGLE  # nothing half-initialised
 
 
-def test_finetuning_is_refused_under_torchrun(monkeypatch):
+@pytest.mark.parametrize("stage, message", [("run_finetuning", "fine-tuning runs as one process"),
+                                            ("run_pretraining", "pretraining runs as one process")])
+def test_sequential_stages_are_refused_under_torchrun(monkeypatch, stage, message):
+    from detect import pipeline
     from detect.config import load_config
-    from detect.pipeline import run_finetuning
 
     for name, value in TORCHRUN_ENV.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(UserError, match="fine-tuning runs as one process"):
-        run_finetuning(load_config(None, ["output_dir=/nonexistent/out"]))
+    with pytest.raises(UserError, match=message):  # before any file is read or written
+        getattr(pipeline, stage)(load_config(None, ["output_dir=/nonexistent/out", "data.root=/nonexistent/data"]))
 
 
 # ---------------------------------------------------------------------- proposals.workers
