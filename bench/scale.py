@@ -9,13 +9,15 @@ under ``torchrun --standalone --nproc-per-node P`` (P = 1: a plain ``python`` ru
   proposals cached, so only detection is timed), into a fresh output directory each time.
 
 Each process gets an equal share of the cores (``OMP_NUM_THREADS`` = cores / P, and
-``proposals.workers`` = 0, the share of the cores). Images per second is images / wall
-time of the whole command, start-up (Python, torch, the process group) included, so small
-runs understate the speed-up. Scaling efficiency is speed-up / P.
+``proposals.workers`` = 0, the share of the cores). Every command runs twice, on half of
+the images and on all of them, each time from scratch: images per second of the larger
+run counts start-up (Python, torch, the process group, hashing the images) in; the steady
+rate, the extra images over the extra seconds, leaves it out, and speed-up (against the
+smallest P) and scaling efficiency (speed-up / P) are the steady rate's.
 
 Extrapolated wall time for VOC07 (9,963 images) and 118k images (COCO train2017's
-size) on 1, 4 and 16 machines of ``--cores-per-machine`` cores assumes that the images
-per second per core of the largest P measured (all cores here busy) hold at that size (no
+size) on 1, 4 and 16 machines of ``--cores-per-machine`` cores assumes that the steady
+images per second per core of the largest P measured (all cores here busy) hold at that size (no
 start-up, no shared-filesystem limit), and covers the per-image work only: rank 0's sequential part
 (evaluation here; SVM mining in training) is not in it.
 
@@ -80,44 +82,55 @@ def run(argv: list[str], procs: int, cores: int) -> float:
     return seconds
 
 
-def scaling_rows(stage: str, images: int, seconds: dict[int, float]) -> list[dict]:
-    """Images per second, speed-up and efficiency against the smallest process count."""
-    base = min(seconds)
+def scaling_rows(stage: str, counts: tuple[int, int], seconds: dict[int, tuple[float, float]]) -> list[dict]:
+    """Per process count, from the wall seconds of runs on ``counts`` = (fewer, more)
+    images: images per second of the larger run (start-up included), the steady rate
+    (the extra images over the extra seconds: start-up cancels) and the start-up it
+    implies, and the steady rate's speed-up and efficiency against the smallest count."""
+    fewer, more = counts
     rows = []
     for procs in sorted(seconds):
-        ips = images / seconds[procs]
-        speedup = seconds[base] / seconds[procs] * base
-        rows.append({"stage": stage, "procs": procs, "images": images, "seconds": seconds[procs],
-                     "images_per_second": ips, "speedup": speedup, "efficiency": speedup / procs})
+        t_fewer, t_more = seconds[procs]
+        steady = (more - fewer) / (t_more - t_fewer) if t_more > t_fewer else float("nan")
+        rows.append({"stage": stage, "procs": procs, "images": more, "seconds": t_more,
+                     "images_per_second": more / t_more, "steady_images_per_second": steady,
+                     "startup_seconds": t_fewer - fewer / steady, "seconds_fewer": t_fewer, "images_fewer": fewer})
+    base = rows[0]
+    for r in rows:
+        r["speedup"] = r["steady_images_per_second"] / base["steady_images_per_second"] * base["procs"]
+        r["efficiency"] = r["speedup"] / r["procs"]
     return rows
 
 
 def extrapolate(row: dict, cores_used: int, cores_per_machine: int) -> dict:
     """Hours per dataset and machine count at ``row``'s images per second per core (the
     run used ``cores_used`` cores, so its efficiency is in that rate)."""
-    per_core = row["images_per_second"] / cores_used
+    per_core = row["steady_images_per_second"] / cores_used
     return {name: {str(m): images / (per_core * cores_per_machine * m) / 3600 for m in MACHINES}
             for name, images in DATASETS.items()}
 
 
 def format_tables(rows: list[dict], predictions: dict, cores_per_machine: int) -> str:
-    lines = [f"{'stage':<18s}{'procs':>6s}{'images':>8s}{'seconds':>9s}{'images/s':>10s}{'speed-up':>10s}"
-             f"{'efficiency':>12s}"]
+    lines = [f"{'stage':<12s}{'procs':>6s}{'images':>8s}{'seconds':>9s}{'images/s':>10s}{'steady':>9s}"
+             f"{'start-up s':>12s}{'speed-up':>10s}{'efficiency':>12s}"]
     for r in rows:
-        lines.append(f"{r['stage']:<18s}{r['procs']:>6d}{r['images']:>8d}{r['seconds']:>9.1f}"
-                     f"{r['images_per_second']:>10.3f}{r['speedup']:>10.2f}{r['efficiency']:>12.2f}")
+        lines.append(f"{r['stage']:<12s}{r['procs']:>6d}{r['images']:>8d}{r['seconds']:>9.1f}"
+                     f"{r['images_per_second']:>10.3f}{r['steady_images_per_second']:>9.3f}{r['startup_seconds']:>12.1f}"
+                     f"{r['speedup']:>10.2f}{r['efficiency']:>12.2f}")
     lines.append("")
     head = "".join(f"{f'{m} x {cores_per_machine} cores':>16s}" for m in MACHINES)
-    lines.append(f"{'extrapolated hours':<18s}{'images':>16s}{head}")
+    lines.append(f"{'hours':<12s}{'images':>16s}{head}")
     for stage, by_dataset in predictions.items():
         for name, hours in by_dataset.items():
-            lines.append(f"{stage:<18s}{name:>16s}" + "".join(f"{hours[str(m)]:>16.2f}" for m in MACHINES))
+            lines.append(f"{stage:<12s}{name:>16s}" + "".join(f"{hours[str(m)]:>16.2f}" for m in MACHINES))
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     procs = parse_procs(args.procs)
+    if args.num_images < 2:
+        raise SystemExit(f"--num-images: at least 2 (runs on half of them measure the start-up), got {args.num_images}")
     from detect.distributed import cores_available
     from detect.fileio import atomic_write_json
     from detect.synthetic import generate_synthetic_voc
@@ -131,19 +144,25 @@ def main(argv=None) -> int:
     model_cache = f"cache_dir={os.path.join(work, 'cache')}"
     run(["tools/train_svm.py", "--quiet", "--out", model, "--set", *common, model_cache], 1, cores)
     run(["tools/compute_proposals.py", "--image-set", "test", "--set", *common, model_cache], 1, cores)
-    seconds: dict[str, dict[int, float]] = {"proposals": {}, "test_net": {}}
+    counts = (args.num_images // 2, args.num_images)
+    seconds: dict[str, dict[int, tuple[float, float]]] = {"proposals": {}, "test_net": {}}
     for p in procs:
-        fresh = os.path.join(work, f"runs-{p}")
-        shutil.rmtree(fresh, ignore_errors=True)
-        seconds["proposals"][p] = run(["tools/compute_proposals.py", "--image-set", "test", "--set", *common,
-                                       f"cache_dir={os.path.join(fresh, 'cache')}"], p, cores)
-        seconds["test_net"][p] = run(["tools/test_net.py", "--quiet", "--model", model,
-                                      "--out", os.path.join(fresh, "test")], p, cores)
-    rows = [r for stage, s in seconds.items() for r in scaling_rows(stage, args.num_images, s)]
+        timed = {"proposals": [], "test_net": []}
+        for n in counts:
+            fresh = os.path.join(work, f"runs-{p}-{n}")
+            shutil.rmtree(fresh, ignore_errors=True)
+            timed["proposals"].append(run(["tools/compute_proposals.py", "--image-set", "test", "--num-images", str(n),
+                                           "--set", *common, f"cache_dir={os.path.join(fresh, 'cache')}"], p, cores))
+            timed["test_net"].append(run(["tools/test_net.py", "--quiet", "--model", model, "--num-images", str(n),
+                                          "--out", os.path.join(fresh, "test")], p, cores))
+        for stage, pair in timed.items():
+            seconds[stage][p] = tuple(pair)
+    rows = [r for stage, s in seconds.items() for r in scaling_rows(stage, counts, s)]
     largest = max(procs)
     predictions = {stage: extrapolate(next(r for r in rows if r["stage"] == stage and r["procs"] == largest),
                                       cores, args.cores_per_machine) for stage in seconds}
-    print(f"{args.num_images} generated images, {cores} cores here; wall time per command, start-up included")
+    print(f"{counts[0]} and {counts[1]} generated images, {cores} cores here; images/s: of the larger run, "
+          f"start-up included; steady: the extra images over the extra seconds")
     print(format_tables(rows, predictions, args.cores_per_machine))
     atomic_write_json(args.out, {"machine": platform.processor() or platform.machine(), "cores": cores,
                                  "settings": SETTINGS, "rows": rows, "extrapolated_hours": predictions,

@@ -221,12 +221,15 @@ def test_scaling_figures():
     spec = importlib.util.spec_from_file_location("scale", os.path.join(ROOT, "bench", "scale.py"))
     scale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scale)
-    rows = scale.scaling_rows("proposals", 8, {1: 8.0, 2: 5.0, 4: 4.0})
-    assert [r["images_per_second"] for r in rows] == [1.0, 1.6, 2.0]
-    assert [r["speedup"] for r in rows] == [1.0, 1.6, 2.0] and [r["efficiency"] for r in rows] == [1.0, 0.8, 0.5]
-    hours = scale.extrapolate(rows[1], cores_used=2, cores_per_machine=16)  # 0.8 images/s per core
-    assert hours["118k"]["1"] == pytest.approx(118287 / (0.8 * 16) / 3600)
-    assert hours["VOC07 (9,963)"]["16"] == pytest.approx(9963 / (0.8 * 256) / 3600)
+    # 4 and 8 images: 1 process 6 s and 10 s (1 image/s, 2 s start-up), 2 processes 5 s and 7 s
+    rows = scale.scaling_rows("proposals", (4, 8), {1: (6.0, 10.0), 2: (5.0, 7.0)})
+    assert [r["images_per_second"] for r in rows] == [0.8, 8 / 7]
+    assert [r["steady_images_per_second"] for r in rows] == [1.0, 2.0]
+    assert [r["startup_seconds"] for r in rows] == [2.0, 3.0]
+    assert [r["speedup"] for r in rows] == [1.0, 2.0] and [r["efficiency"] for r in rows] == [1.0, 1.0]
+    hours = scale.extrapolate(rows[1], cores_used=2, cores_per_machine=16)  # 1 image/s per core
+    assert hours["118k"]["1"] == pytest.approx(118287 / 16 / 3600)
+    assert hours["VOC07 (9,963)"]["16"] == pytest.approx(9963 / 256 / 3600)
     assert scale.parse_procs("2,1,2") == [1, 2]
     with pytest.raises(SystemExit, match="--procs"):
         scale.parse_procs("1,x")
