@@ -354,11 +354,10 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
 
     from detect.config import config_to_dict
     from detect.fileio import read_seal, seal_directory, stable_hash, unseal_directory
-
-    _refuse_torchrun("pretraining", "tools/pretrain.py")
     from detect.pretrain import CropSampler, pretrain
     from detect.trunks import build_network, save_network
 
+    _refuse_torchrun("pretraining", "tools/pretrain.py")
     if len(cfg.pretrain.image_scales) not in (0, 2):
         raise UserError(f"pretrain.image_scales: give two shorter-side bounds [lo, hi] or none, got {list(cfg.pretrain.image_scales)}")
     path = pretrained_network_path(cfg)

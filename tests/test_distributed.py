@@ -106,6 +106,17 @@ def test_proposal_workers_setting_is_in_no_key():
         load_config(None, ["proposals.workers=-1"])
 
 
+def test_compute_proposals_refuses_a_negative_worker_count(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compute_proposals", os.path.join(ROOT, "tools", "compute_proposals.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--workers", "-1", "--set", "data.root=/nonexistent"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--workers must be 0 (the cores available) or positive, got -1" in err and "\n" not in err
+
+
 def test_a_shard_builds_its_own_images_and_rank_0_the_whole_store(synthetic_voc, tmp_path, monkeypatch):
     """Each process's part of build_proposal_store, run here one after the other (the
     barrier between them is what the 2-process tests below exercise)."""
