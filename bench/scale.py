@@ -13,7 +13,9 @@ Each process gets an equal share of the cores (``OMP_NUM_THREADS`` = cores / P, 
 the images and on all of them, each time from scratch: images per second of the larger
 run counts start-up (Python, torch, the process group, hashing the images) in; the steady
 rate, the extra images over the extra seconds, leaves it out, and speed-up (against the
-smallest P) and scaling efficiency (speed-up / P) are the steady rate's.
+smallest P) and scaling efficiency (speed-up / P) are the steady rate's. It is NaN when
+the larger run was not the slower one: the noise of start-up (seconds on a shared machine)
+exceeded the extra images' work; time more images.
 
 Extrapolated wall time for VOC07 (9,963 images) and 118k images (COCO train2017's
 size) on 1, 4 and 16 machines of ``--cores-per-machine`` cores assumes that the steady
