@@ -51,6 +51,8 @@ __all__ = [
     "builtin_config_dir",
     "build_config",
     "config_to_dict",
+    "keyed_settings",
+    "SPEED_SETTINGS",
     "save_config",
     "parse_overrides",
     "section_hash",
@@ -393,6 +395,7 @@ RULES: dict[str, Any] = {
     "proposals.ss_sigma": NON_NEGATIVE,
     "proposals.ss_min_size": NON_NEGATIVE_INT,
     "proposals.mat_path": text(non_empty=False),
+    "proposals.workers": NON_NEGATIVE_INT,
     "network.trunk": Choice(TRUNK_NAMES, "trunk"),
     "network.weights": text(),
     "network.init_seed": SEED,
@@ -719,6 +722,21 @@ def config_to_dict(cfg: Any) -> dict:
         return v
 
     return plain(cfg)
+
+
+# Settings that change how fast a stage runs, never what it produces: left out of every
+# cache and model key (keyed_settings), so that they can differ between runs, machines and
+# processes that share outputs.
+SPEED_SETTINGS = ("proposals.workers",)
+
+
+def keyed_settings(cfg: Config) -> dict:
+    """:func:`config_to_dict` of ``cfg`` without :data:`SPEED_SETTINGS`: what keys hold."""
+    out = config_to_dict(cfg)
+    for key in SPEED_SETTINGS:
+        section, name = key.split(".")
+        out[section].pop(name, None)
+    return out
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -113,6 +113,20 @@ class WindowFeatures:
 
         return maps_fn
 
+    def fill_conv_cache(self, dataset, image_ids, progress: bool = True) -> None:
+        """Compute the conv5 cache entries of ``image_ids`` that are missing (SPP-net with a
+        cache; nothing for R-CNN, which has no per-image work to share): the part of
+        training that processes run in parallel (:mod:`detect.distributed`)."""
+        from tqdm import tqdm
+
+        from detect.features import SPPFeatures
+
+        if not isinstance(self.extractor, SPPFeatures) or self.cache_root is None:
+            return
+        maps_fn = self.conv_maps_fn(dataset)
+        for image_id in tqdm(image_ids, desc="conv5", disable=not progress):
+            maps_fn(image_id)
+
     def feature_fn(self, dataset):
         """``fn(image_id, boxes, layers) -> {layer: [N, D]}`` for :mod:`detect.training`."""
         from detect.features import SPPFeatures

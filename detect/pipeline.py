@@ -40,14 +40,17 @@ def dataset_identity(dataset) -> list:
 
 
 def _model_config_key(cfg: Config) -> dict:
-    """The config part of a model's key: all of it, but an SVM model's leaves out the
-    ``classifier`` section (the default), so that SVM models sealed before the section
-    existed keep their key."""
-    from detect.config import config_to_dict
+    """The config part of a model's key: the settings results depend on
+    (:func:`detect.config.keyed_settings`), leaving out settings added later at the value
+    that reproduces the earlier behaviour (the ``classifier`` section at ``svm``,
+    ``data.format`` at ``voc``), so that models sealed before they existed keep their key."""
+    from detect.config import keyed_settings
 
-    values = config_to_dict(cfg)
+    values = keyed_settings(cfg)
     if cfg.classifier.type == "svm":
         del values["classifier"]
+    if cfg.data.format == "voc":
+        del values["data"]["format"]
     return values
 
 
@@ -74,13 +77,20 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
     A model directory sealed by a run with the same key (the whole config, the training
     images and annotations, the network's weights) is up to date and returned as it is;
     otherwise the model is trained, resuming from ``work/`` when that holds checkpoints of
-    the same training, and the directory is rewritten and sealed (:mod:`detect.model`)."""
+    the same training, and the directory is rewritten and sealed (:mod:`detect.model`).
+
+    Under torchrun every process computes the proposals and SPP-net conv5 maps of its
+    shard of the images, then rank 0 trains and writes the model and the others return
+    (:mod:`detect.distributed`)."""
+    from detect import distributed
     from detect.classifiers import LinearSVMClassifier
     from detect.feature_sources import WindowFeatures, network_digest
     from detect.model import DetectionModel, save_model, sealed_model_key
     from detect.training import train_detector
     from sppcore.fileio import stable_hash, unseal_directory
 
+    world = distributed.init(cfg.features.device)
+    progress = progress and world.is_main
     out_dir = out_dir or os.path.join(cfg.output_dir, cfg.name, "model")
     os.makedirs(out_dir, exist_ok=True)
     dataset = open_dataset(cfg, cfg.data.train_set, num_images)
@@ -93,13 +103,19 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
         return out_dir
     # softmax: checked before any work, and not trained (the network's fc8 as it is)
     softmax = _softmax_of_network(cfg, features.head, dataset.classes) if cfg.classifier.type == "softmax" else None
-    handler = _add_file_handler(os.path.join(out_dir, "train.log"))
+    handler = _add_file_handler(os.path.join(out_dir, "train.log")) if world.is_main else None
     try:
         log.info("training %s on %s/%s: %d images, %d classes", cfg.name, cfg.data.root,
                  cfg.data.train_set, len(dataset), len(dataset.classes))
         t0 = time.perf_counter()
         store = build_proposal_store(cfg, dataset, progress)
         t_prop = time.perf_counter() - t0
+        if world.parallel:
+            # the per-image part of training, in parallel; the mining pass is sequential
+            features.fill_conv_cache(dataset, world.shard(dataset.image_ids), progress)
+            distributed.barrier()
+            if not world.is_main:
+                return out_dir
         work_dir = os.path.join(out_dir, "work")
         _reset_stale_work_dir(work_dir, cfg, identity, model_key["network"])
         result = train_detector(cfg, dataset, store, features.feature_fn(dataset), work_dir, progress)
@@ -116,8 +132,9 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
         save_model(model, out_dir, key=model_key)
         log.info("model written to %s (digest %s)", out_dir, model.digest)
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     return out_dir
 
 
@@ -126,10 +143,11 @@ def _resume_key(cfg: Config, sections, identity, network: str, **extra) -> str:
     sections, the seed, the images and annotations (:func:`dataset_identity`), the
     network's digest, the proposals' key (:func:`detect.stages.proposal_key`: a new
     proposal algorithm invalidates the state too) and ``extra``."""
-    from detect.config import config_to_dict
+    from detect.config import keyed_settings
     from sppcore.fileio import stable_hash
 
-    return stable_hash({section: config_to_dict(getattr(cfg, section)) for section in sections}
+    settings = keyed_settings(cfg)
+    return stable_hash({section: settings[section] for section in sections}
                        | {"seed": cfg.seed, "data": identity, "network": network, "proposals": proposal_key(cfg)}
                        | extra)
 
@@ -188,12 +206,22 @@ def _model_and_config(model_dir: str, method: str | None, config_path: str | Non
 def test(model_dir: str, method: str | None = None, num_images: int | None = None, out_dir: str | None = None,
          config_path: str | None = None, overrides=None, progress: bool = True):
     """Detect on the test set and evaluate by ``test.metric``; returns (results dict,
-    output directory)."""
-    from detect.config import config_to_dict
+    output directory).
+
+    Under torchrun every process detects on its shard of the images, then rank 0 reads
+    every image's detections back and evaluates them; the other processes return
+    ``(None, output directory)`` (:mod:`detect.distributed`)."""
+    from detect import distributed
+    from detect.config import config_to_dict, keyed_settings
     from detect.detector_api import Detector
     from detect.evaluation import METRICS, write_voc_results
     from detect.testing import median_timings, run_test
 
+    if distributed.world_from_env().parallel:
+        # the process group's backend follows the device the network runs on
+        distributed.init(_model_and_config(model_dir, method, config_path, overrides)[1].features.device)
+    world = distributed.current()
+    progress = progress and world.is_main
     detector = Detector.load(model_dir, device=None, overrides=overrides, config_path=config_path, method=method)
     model, cfg = detector.model, detector.config
     dataset = open_dataset(cfg, cfg.data.test_set, num_images)
@@ -201,15 +229,22 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
         raise UserError(f"{cfg.data.root}: classes {dataset.classes} differ from the model's {model.classes}")
     out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(model_dir)), f"test_{cfg.features.method}")
     os.makedirs(out_dir, exist_ok=True)
-    save_config(cfg, os.path.join(out_dir, "config.yaml"))
+    if world.is_main:
+        save_config(cfg, os.path.join(out_dir, "config.yaml"))
     store = build_proposal_store(cfg, dataset, progress)
     # what every image's detections depend on besides the image itself; test.metric only
     # changes how they are scored, so it stays out (a cache written before the setting
     # existed keeps its key)
     test_settings = {k: v for k, v in config_to_dict(cfg.test).items() if k != "metric"}
     det_key = {"model": model.digest, "layout": 1, "proposal_store": proposal_key(cfg),
-               **{s: config_to_dict(getattr(cfg, s)) for s in ("network", "proposals", "features")},
+               **{s: keyed_settings(cfg)[s] for s in ("network", "proposals", "features")},
                "test": test_settings}
+    if world.parallel:
+        run_test(detector.detect_with_timings, dataset, store, world.shard(dataset.image_ids), out_dir, progress,
+                 key=det_key, save_all=False)
+        distributed.barrier()
+        if not world.is_main:
+            return None, out_dir
     dets, timings = run_test(detector.detect_with_timings, dataset, store, dataset.image_ids, out_dir, progress,
                              key=det_key)
     write_voc_results(out_dir, cfg.data.test_set, model.classes, dataset.image_ids,
@@ -333,6 +368,15 @@ def pretrained_network_path(cfg: Config) -> str:
     return cfg.pretrain.out or os.path.join(cfg.output_dir, cfg.name, "pretrain", "network.npz")
 
 
+def _refuse_torchrun(stage: str, tool: str) -> None:
+    """A one-line error for a sequential stage started as several processes (each would
+    train the same network and write the same files)."""
+    from detect.distributed import world_from_env
+
+    if world_from_env().parallel:
+        raise UserError(f"{stage} runs as one process (its SGD steps are sequential); start {tool} without torchrun")
+
+
 def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -> dict:
     """Pretrain the configured trunk (multi-size; with ``compare`` also single-size) and
     save the multi-size network; cached: a finished run with the same settings and
@@ -347,6 +391,7 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     from detect.trunks import build_network, save_network
     from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
 
+    _refuse_torchrun("pretraining", "tools/pretrain.py")
     if len(cfg.pretrain.image_scales) not in (0, 2):
         raise UserError(f"pretrain.image_scales: give two shorter-side bounds [lo, hi] or none, got {list(cfg.pretrain.image_scales)}")
     path = pretrained_network_path(cfg)
@@ -412,6 +457,7 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     from detect.finetune import finetune_head
     from detect.trunks import save_network
 
+    _refuse_torchrun("fine-tuning", "tools/finetune_fc.py")
     out_path = out_path or os.path.join(cfg.output_dir, cfg.name, "finetune", "network.npz")
     save_config(cfg, os.path.join(os.path.dirname(os.path.abspath(out_path)), "config.yaml"))
     dataset = open_dataset(cfg, cfg.data.train_set)

@@ -39,13 +39,30 @@ def open_dataset(cfg: Config, image_set: str, num_images: int | None = None):
     return ds
 
 
-def build_proposal_store(cfg: Config, dataset, progress: bool = True, workers: int = 2):
+def build_proposal_store(cfg: Config, dataset, progress: bool = True, workers: int | None = None):
+    """The proposal store of ``dataset``'s images, computing the missing ones with
+    ``workers`` processes (default ``proposals.workers``; 0: the cores this process may
+    use, see :func:`detect.distributed.proposal_workers`).
+
+    Under torchrun every process must call it (it waits at a barrier): each computes its
+    shard of the images, then rank 0 gets the store of every image and the others the
+    store of their shard."""
+    from detect import distributed
     from proposals import ProposalStore
 
-    ids = list(dataset.image_ids)
-    return ProposalStore.build(
-        cfg.proposals, ids, [dataset.image_path(i) for i in ids],
-        cache_root=os.path.join(cfg.cache_dir, "proposals"), workers=workers, progress=progress)
+    world = distributed.current()
+    workers = distributed.proposal_workers(cfg.proposals.workers if workers is None else workers, world)
+
+    def build(ids):
+        return ProposalStore.build(
+            cfg.proposals, ids, [dataset.image_path(i) for i in ids], cache_root=os.path.join(cfg.cache_dir, "proposals"),
+            workers=workers, progress=progress and world.is_main)
+
+    if not world.parallel:
+        return build(list(dataset.image_ids))
+    shard = build(world.shard(dataset.image_ids))
+    distributed.barrier()
+    return build(list(dataset.image_ids)) if world.is_main else shard
 
 
 def proposal_key(cfg: Config) -> str:

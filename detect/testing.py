@@ -133,6 +133,7 @@ def run_test(
     out_dir: str,
     progress: bool = True,
     key: object = "",
+    save_all: bool = True,
 ) -> tuple[list[Detections], list[dict[str, float]]]:
     """Detect on every image of ``image_ids`` (resumable); returns detections and timings.
 
@@ -141,7 +142,9 @@ def run_test(
 
     ``key`` names everything the detections depend on besides the image (the model's
     digest, the test-time settings): each image's entry in ``out_dir/detections/`` is reused
-    only for the same key and the same image content (:class:`sppcore.fileio.KeyedEntries`)."""
+    only for the same key and the same image content (:class:`sppcore.fileio.KeyedEntries`).
+    ``save_all`` False leaves ``out_dir/detections.npz`` alone (a process filling its
+    shard's entries under torchrun, :mod:`detect.distributed`)."""
     entries = KeyedEntries(os.path.join(out_dir, "detections"), key, what="detection cache entry")
     all_dets, all_times = [], []
     for n, image_id in enumerate(tqdm(image_ids, desc="test", disable=not progress)):
@@ -160,6 +163,7 @@ def run_test(
                          timings=np.array([timings.get(s, 0.0) for s in STAGES], np.float64))
         all_dets.append(det)
         all_times.append(timings)
-    atomic_save_npz(os.path.join(out_dir, "detections.npz"),
-                    image_ids=np.array(list(image_ids)), **concatenate_detections(all_dets))
+    if save_all:
+        atomic_save_npz(os.path.join(out_dir, "detections.npz"),
+                        image_ids=np.array(list(image_ids)), **concatenate_detections(all_dets))
     return all_dets, all_times

@@ -28,3 +28,6 @@ class ProposalConfig:
     ss_min_size: int = 10
     # rcnn_mat: R-CNN's selective_search_data .mat file, or a directory of them (ids looked up in all)
     mat_path: str = ""
+    # processes computing proposals; 0: the cores this process may use (its share of them
+    # under torchrun). How fast, not what: no cache key holds it
+    workers: int = 0

@@ -50,10 +50,14 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 3
 
 
+# settings that change how fast proposals are computed, not which: kept out of the key
+SPEED_SETTINGS = ("workers",)
+
+
 def _config_dict(cfg: ProposalConfig) -> dict:
     from dataclasses import asdict
 
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in SPEED_SETTINGS}
 
 
 def _file_signature(path: str) -> list:

@@ -5,7 +5,8 @@ if missing); R-CNN (``features.method=rcnn``) warps each sampled window and runs
 frozen conv layers. The paper's sampling (IoU [0.5, 1] positives, [0.1, 0.5) negatives,
 25% positives per mini-batch). Writes the
 network (default ``<output_dir>/<name>/finetune/network.npz``); SVMs then train on the
-fine-tuned fc7 with ``--set network.weights=<that file>``.
+fine-tuned fc7 with ``--set network.weights=<that file>``. One process only (its SGD steps
+are sequential): refused under torchrun.
 
 Example::
 

@@ -5,7 +5,7 @@ Trains the configured trunk with an SPP classification head on crops of
 ``pretrain.out`` (default ``<output_dir>/<name>/pretrain/network.npz``), which a detection
 config then names as ``network.weights``. ``--compare`` also trains a single-size network
 (the first size only) with the same budget and prints both accuracies (the paper's
-section 3.1.3 experiment in miniature).
+section 3.1.3 experiment in miniature). One process only: refused under torchrun.
 
 Examples::
 

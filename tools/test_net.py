@@ -6,7 +6,8 @@ result files (``comp4_det_<set>_<class>.txt``), ``results.json`` (method, num_im
 metric, map, ap_per_class, seconds_per_image per stage), a PR-curve PNG (VOC metrics) and
 the resolved config. Prints the per-class AP table. The metric is ``test.metric``:
 ``voc07`` (default, the VOC2007 devkit's 11-point AP), ``voc_area`` (VOC2010+) or ``coco``
-(AP over IoU 0.5:0.95); ``tools/reval.py`` re-scores the saved detections by another.
+(AP over IoU 0.5:0.95); ``tools/reval.py`` re-scores the saved detections by another. Under torchrun each process detects on its shard of the images and rank 0
+evaluates (README, "More than one process").
 
 Examples::
 
@@ -14,6 +15,7 @@ Examples::
     python tools/test_net.py --model output/default/model --num-images 50
     python tools/test_net.py --model output/default/model --set features.scales=[480,576,688,864,1200]
     python tools/test_net.py --model output/default/model --set test.metric=coco
+    torchrun --standalone --nproc-per-node 2 tools/test_net.py --model output/default/model
 """
 from __future__ import annotations
 
@@ -42,14 +44,19 @@ def main(argv=None) -> int:
 
     def body() -> int:
         setup_logging()
+        from detect import distributed
         from detect.pipeline import test
 
         results, out_dir = test(args.model, method=args.method, num_images=args.num_images, out_dir=args.out,
                                 config_path=args.config, overrides=args.overrides, progress=not args.quiet)
+        if results is None:  # a process other than rank 0: its shard's detections are written
+            distributed.finish()
+            return 0
         print(results["table"])
         print(f"mAP {results['map']:.4f} ({results['metric']}) on {results['num_images']} images; "
               f"{results['seconds_per_image']['total_excluding_proposals']:.3f} s/image excluding proposals")
         print(f"results written to {out_dir}")
+        distributed.finish()
         return 0
 
     return run_tool(body)

@@ -2,12 +2,14 @@
 
 Writes a model directory (default ``output/<config name>/model``) holding the SVM and
 regressor weights in plain ``.npz``, the resolved config, a training log and a per-class
-training report. Every stage is cached, and an interrupted run resumes.
+training report. Every stage is cached, and an interrupted run resumes. Under torchrun the
+processes share the proposals and conv5 maps, rank 0 trains (README, "More than one process").
 
 Examples::
 
     python tools/train_svm.py --config configs/spp_alexnet_voc07.yaml
     python tools/train_svm.py --config configs/default.yaml --set svm.C=0.01 --out output/c01
+    torchrun --standalone --nproc-per-node 2 tools/train_svm.py --config configs/default.yaml
 """
 from __future__ import annotations
 
@@ -32,10 +34,13 @@ def main(argv=None) -> int:
     def body() -> int:
         setup_logging()
         cfg = config_from_args(args)
+        from detect import distributed
         from detect.pipeline import train
 
         model_dir = train(cfg, out_dir=args.out, num_images=args.num_images, progress=not args.quiet)
-        print(f"model written to {model_dir}")
+        if distributed.current().is_main:
+            print(f"model written to {model_dir}")
+        distributed.finish()
         return 0
 
     return run_tool(body)
