@@ -36,7 +36,6 @@ from detect.detector_api import Detector
 from detect.evaluation import evaluate_detections
 from detect.stages import build_proposal_store, open_dataset
 from detect.testing import median_timings
-from detect.trunks import network_fc8_classes
 from sppcore.fileio import atomic_write_json
 
 FIVE_SCALES = list(BUILTIN_FIVE_SCALES)  # tools/quickstart.py's five scales for the default
@@ -112,8 +111,8 @@ def main(argv=None) -> int:
         ft_cfg = load_config(args.config, args.set + [f"features.method={method}", table_dir,
                                                       f"name={base.name}_finetune{suffix}"])
         path = os.path.join(ft_cfg.output_dir, ft_cfg.name, "finetune", "network.npz")
-        if not os.path.isfile(path) or network_fc8_classes(path) is None:
-            pipeline.run_finetuning(ft_cfg, path, progress=progress)
+        # reused when sealed with the same key (settings, data, network), trained otherwise
+        pipeline.run_finetuning(ft_cfg, path, progress=progress)
         run("ft fc7", method, "fc7", weights=path, five=args.five_scales and method == "spp")
         run("ft softmax", method, "fc7", weights=path, five=args.five_scales and method == "spp",
             classifier="softmax")

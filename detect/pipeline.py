@@ -449,21 +449,47 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
 def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = True) -> tuple[str, dict]:
     """Fine-tune fc6/fc7/fc8 of ``cfg``'s network on the training set's pool5 vectors
     (SPP-net: pooled from the cached conv5 maps; R-CNN: its warped windows through the
-    frozen conv layers); saves the network and returns (path, report)."""
+    frozen conv layers); saves the network and returns (path, report).
+
+    The network, its description and the report are sealed in their directory with the
+    key of everything they depend on (the network, data, proposals, features and
+    finetune settings, the seed, the training images and annotations, the starting
+    weights): a finished fine-tuning of the same key is reused as it is, anything else
+    (other settings, an interrupted run, a file edited since) trains again, resuming from
+    its checkpoint when that belongs to the same key."""
+    import json
+
     import torch
 
-    from detect.feature_sources import WindowFeatures
+    from detect.feature_sources import WindowFeatures, network_digest
     from detect.features import SPPFeatures
     from detect.finetune import finetune_head
     from detect.trunks import save_network
+    from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
 
     _refuse_torchrun("fine-tuning", "tools/finetune_fc.py")
     out_path = out_path or os.path.join(cfg.output_dir, cfg.name, "finetune", "network.npz")
-    save_config(cfg, os.path.join(os.path.dirname(os.path.abspath(out_path)), "config.yaml"))
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    report_path = os.path.splitext(out_path)[0] + "_report.json"
+    sealed_files = [os.path.basename(p) for p in (out_path, out_path + ".json", report_path)]
     dataset = open_dataset(cfg, cfg.data.train_set)
-    store = build_proposal_store(cfg, dataset, progress)
     features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
     extractor = features.extractor
+    head = features.head
+    if head.fc8 is None or head.fc8.out_features != len(dataset.classes) + 1:
+        head.add_classifier(len(dataset.classes) + 1, seed=cfg.seed)
+        head.to(extractor.device)
+    key = _resume_key(cfg, ("network", "data", "proposals", "features", "finetune"), dataset_identity(dataset),
+                      network_digest(features.trunk, head))
+    manifest, _ = read_seal(out_dir)
+    if manifest is not None and manifest["key"] == stable_hash(key) and set(manifest["files"]) == set(sealed_files):
+        log.info("fine-tuning: reusing %s (fine-tuned with the same settings, data and network)", out_path)
+        with open(report_path, encoding="utf-8") as f:
+            return out_path, json.load(f)
+    os.makedirs(out_dir, exist_ok=True)
+    unseal_directory(out_dir)
+    save_config(cfg, os.path.join(out_dir, "config.yaml"))
+    store = build_proposal_store(cfg, dataset, progress)
     # what the extractor pools windows from: SPP-net the cached conv5 maps, R-CNN the image
     source = features.conv_maps_fn(dataset) if isinstance(extractor, SPPFeatures) else dataset.load_image
 
@@ -471,16 +497,8 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
         pooled, inverse = extractor.pool(source(image_id), windows)
         return pooled[torch.from_numpy(inverse).to(pooled.device)]
 
-    head = features.head
-    if head.fc8 is None or head.fc8.out_features != len(dataset.classes) + 1:
-        head.add_classifier(len(dataset.classes) + 1, seed=cfg.seed)
-        head.to(extractor.device)
     # an interrupted run resumes from this checkpoint if it was fine-tuning the same thing
     checkpoint = os.path.splitext(out_path)[0] + "_state.pt"
-    from detect.feature_sources import network_digest
-
-    key = _resume_key(cfg, ("data", "proposals", "features", "finetune"), dataset_identity(dataset),
-                      network_digest(features.trunk, head))
     report = finetune_head(head, pool_fn, dataset, store, cfg.finetune, seed=cfg.seed, progress=progress,
                            checkpoint=checkpoint, key=key)
     report["method"] = cfg.features.method
@@ -488,7 +506,8 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     # classifier.type softmax checks before it scores with this fc8
     save_network(features.trunk, head, out_path, extra={"finetune_iterations": report["iterations"],
                                                         "fc8_classes": list(dataset.classes)})
-    atomic_write_json(os.path.splitext(out_path)[0] + "_report.json", report)
+    atomic_write_json(report_path, report)
     if os.path.exists(checkpoint):
         os.remove(checkpoint)
+    seal_directory(out_dir, sealed_files, key)
     return out_path, report

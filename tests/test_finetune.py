@@ -110,3 +110,40 @@ def test_interrupted_finetuning_resumes_to_the_same_weights(synthetic_voc, tmp_p
     head, pool_fn, calls = setup()
     finetune_head(head, pool_fn, ds, props, cfg, progress=False, checkpoint=ckpt, checkpoint_every=4, key="other")
     assert calls["n"] == 2 * 12
+
+
+def test_finetuned_network_is_reused_only_for_the_same_key(synthetic_voc, tmp_path, caplog):
+    """tools/finetune_fc.py (pipeline.run_finetuning): a sealed fine-tuning of the same key
+    is reused; other settings, or a network file edited since, fine-tune again."""
+    import logging
+
+    from detect.config import load_config
+    from detect.pipeline import run_finetuning
+
+    base = [f"data.root={synthetic_voc}", f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}",
+            "network.fc_dim=32", "network.weights=random", "features.scales=[160]", "proposals.max_boxes=100",
+            "finetune.iterations=3", "finetune.batch_size=8"]
+    out = str(tmp_path / "ft" / "network.npz")
+    caplog.set_level(logging.INFO, logger="detect.pipeline")
+    _, first = run_finetuning(load_config("default", base), out, progress=False)
+    with open(out, "rb") as f:
+        weights = f.read()
+    caplog.clear()
+    _, again = run_finetuning(load_config("default", base), out, progress=False)
+    assert "fine-tuning: reusing" in caplog.text and again == first
+    # other settings: trained again, to other weights
+    caplog.clear()
+    _, other = run_finetuning(load_config("default", base[:-2] + ["finetune.iterations=4", "finetune.batch_size=8"]),
+                              out, progress=False)
+    assert "reusing" not in caplog.text and other["iterations"] == 4
+    # back to the first settings, then the file is edited: not reused
+    run_finetuning(load_config("default", base), out, progress=False)
+    with open(out, "rb") as f:
+        assert f.read() == weights  # deterministic: the same network as the first run
+    with open(out, "ab") as f:
+        f.write(b"\0")
+    caplog.clear()
+    run_finetuning(load_config("default", base), out, progress=False)
+    assert "reusing" not in caplog.text
+    with open(out, "rb") as f:
+        assert f.read() == weights
