@@ -10,8 +10,8 @@ SVMs; what Fast R-CNN used, and what cost R-CNN 3.3 points) with the same box re
 settings: SVM against softmax on the same features.
 Every row trains its own model (``pipeline.train``, cached per name) and is tested once:
 the detections with and without the regressors come from the same window scores. A
-fine-tuned network found on disk is reused unless it lacks the record of its fc8's
-classes that the softmax rows need.
+fine-tuned network is reused only when its directory is sealed with the same key
+(settings, data, starting network: :func:`detect.pipeline.run_finetuning`).
 
 Prints the table and writes JSON (default ``bench/results/table9.json``). Needs the
 configured network (for the default: ``make quickstart`` first)::
