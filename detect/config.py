@@ -361,6 +361,8 @@ POSITIVE_FRACTION = number(0, 1, lo_open=True)
 FEATURE_LAYERS = Choice(("pool5", "fc6", "fc7"), "layer")
 # detect.trunks.TRUNKS (a test keeps the two equal; detect.trunks imports torch)
 TRUNK_NAMES = ("compact", "zf5", "alexnet", "vgg16", "efficientnet_lite0")
+# detect.features.EXTRACTORS (a test keeps the two equal; detect.features imports torch)
+EXTRACTOR_NAMES = ("spp", "rcnn")
 # the colour spaces proposals/selective_search.py converts to
 COLOR_SPACES = ("hsv", "lab", "rgb")
 DEVICE = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"cpu|cuda(:[0-9]+)?", v) is not None,
@@ -401,7 +403,7 @@ RULES: dict[str, Any] = {
     "network.init_seed": SEED,
     "network.fc_dim": POSITIVE_INT,
     "network.dropout": number(0, 1, hi_open=True),
-    "features.method": Choice(("spp", "rcnn"), "method"),
+    "features.method": Choice(tuple(EXTRACTOR_NAMES), "method"),
     "features.scales": positive_ints(),
     "features.max_side": POSITIVE_INT,
     "features.scale_target_size": POSITIVE_INT,

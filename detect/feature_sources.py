@@ -89,14 +89,18 @@ class WindowFeatures:
             **key, "network": config_to_dict(self.cfg.network), "dtype": "float16"})
         return KeyedEntries(directory, key, what="conv5 cache entry")
 
-    def conv_maps_fn(self, dataset):
-        """``fn(image_id) -> ConvMaps`` reading and filling the float16 conv5 cache, each
-        entry keyed by its image's content (the last image is kept in memory: both training
-        passes ask for it repeatedly)."""
+    def source_fn(self, dataset):
+        """``fn(image_id) -> source`` the extractor pools windows from
+        (:meth:`detect.features.WindowExtractor.image_source`). A cacheable source (SPP-net's
+        conv5 maps) is read from and written to the float16 cache, each entry keyed by its
+        image's content; the last image's source is kept in memory (both training passes
+        ask for it repeatedly)."""
+        extractor = self.extractor
+        if not extractor.source_is_cacheable or self.cache_root is None:
+            return lambda image_id: extractor.image_source(dataset.load_image(image_id))
         from detect.features import ConvMaps
 
         entries = self._conv_entries()
-        spp = self.extractor
         last = {"id": None, "maps": None}
 
         def maps_fn(image_id):
@@ -106,7 +110,7 @@ class WindowFeatures:
                 if arrays is not None:
                     maps = ConvMaps.from_arrays(arrays)
                 else:
-                    maps = spp.compute_maps(dataset.load_image(image_id))
+                    maps = extractor.image_source(dataset.load_image(image_id))
                     entries.save(image_id, digest, **maps.to_arrays())
                 last["id"], last["maps"] = image_id, maps
             return last["maps"]
@@ -114,32 +118,23 @@ class WindowFeatures:
         return maps_fn
 
     def fill_conv_cache(self, dataset, image_ids, progress: bool = True) -> None:
-        """Compute the conv5 cache entries of ``image_ids`` that are missing (SPP-net with a
-        cache; nothing for R-CNN, which has no per-image work to share): the part of
-        training that processes run in parallel (:mod:`detect.distributed`)."""
+        """Compute the conv5 cache entries of ``image_ids`` that are missing (an extractor
+        whose source is cacheable, with a cache; nothing for R-CNN, which has no per-image
+        work to share): the part of training that processes run in parallel
+        (:mod:`detect.distributed`)."""
         from tqdm import tqdm
 
-        from detect.features import SPPFeatures
-
-        if not isinstance(self.extractor, SPPFeatures) or self.cache_root is None:
+        if not self.extractor.source_is_cacheable or self.cache_root is None:
             return
-        maps_fn = self.conv_maps_fn(dataset)
+        source = self.source_fn(dataset)
         for image_id in tqdm(image_ids, desc="conv5", disable=not progress):
-            maps_fn(image_id)
+            source(image_id)
 
     def feature_fn(self, dataset):
         """``fn(image_id, boxes, layers) -> {layer: [N, D]}`` for :mod:`detect.training`."""
-        from detect.features import SPPFeatures
+        source = self.source_fn(dataset)
 
-        if not isinstance(self.extractor, SPPFeatures) or self.cache_root is None:
-            def rcnn_fn(image_id, boxes, layers):
-                return self.extractor.extract(dataset.load_image(image_id), boxes, layers)[0]
+        def fn(image_id, boxes, layers):
+            return self.extractor.features_from_source(source(image_id), boxes, layers)
 
-            return rcnn_fn
-
-        maps_fn = self.conv_maps_fn(dataset)
-
-        def spp_fn(image_id, boxes, layers):
-            return self.extractor.features_from_maps(maps_fn(image_id), boxes, layers)
-
-        return spp_fn
+        return fn

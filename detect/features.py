@@ -3,6 +3,14 @@ twin (warp every window and run the whole network), behind one interface::
 
     features, seconds = extractor.extract(image, boxes, layers=("fc7",))
 
+Both implement :class:`WindowExtractor`, so nothing outside this module asks which one it
+has: ``image_source(image)`` is the per-image work windows are pooled from (SPP-net: the
+conv5 maps of every scale; R-CNN: the image itself), ``pool(source, boxes)`` gives the
+pool5 vectors of the distinct windows, ``features_from_source(source, boxes, layers)`` the
+requested layers, and ``source_is_cacheable`` says whether the source is worth keeping on
+disk between passes (SPP-net's conv5 maps are; R-CNN has nothing to share between
+windows). :data:`EXTRACTORS` maps ``features.method`` to the class.
+
 image: RGB uint8 [H, W, 3]; boxes: float32 [N, 4] internal convention; returns
 ``{layer: float32 [N, D]}`` for each requested layer (``pool5``, ``fc6``, ``fc7``) and the
 seconds spent per stage (SPP: ``conv``, ``pool``, ``fc``; R-CNN: ``warp``, ``conv``,
@@ -29,6 +37,7 @@ Stage times synchronise the device, so they are the real seconds.
 """
 from __future__ import annotations
 
+import abc
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -42,6 +51,8 @@ from detect.trunks import FCHead, Trunk
 
 __all__ = [
     "ConvMaps",
+    "WindowExtractor",
+    "EXTRACTORS",
     "SPPFeatures",
     "RCNNFeatures",
     "build_features",
@@ -119,20 +130,10 @@ def _head_layers(head: FCHead, pool5: torch.Tensor, layers: Sequence[str], batch
     """Run the fc head once per batch, keeping every requested layer (on the head's device;
     float32 numpy arrays back)."""
     out = {layer: [] for layer in layers}
-    deepest = max((FCHead.LAYERS.index(l) for l in layers), default=0)
     device = next(head.parameters()).device
     for s in range(0, max(1, pool5.shape[0]), batch_size):
-        x = pool5[s : s + batch_size].to(device)
-        if "pool5" in out:
-            out["pool5"].append(x)
-        if deepest >= 1:
-            x = torch.relu(head.fc6(x))
-            if "fc6" in out:
-                out["fc6"].append(x)
-        if deepest >= 2:
-            x = torch.relu(head.fc7(x))  # eval mode: dropout is the identity
-            if "fc7" in out:
-                out["fc7"].append(x)
+        for layer, x in head.forward_layers(pool5[s : s + batch_size].to(device), layers).items():
+            out[layer].append(x)
     return {k: torch.cat(v).cpu().numpy().astype(np.float32, copy=False) for k, v in out.items()}
 
 
@@ -200,8 +201,44 @@ def scaled_size(height: int, width: int, shorter: float, max_side: float) -> tup
     return max(1, round(height * f)), max(1, round(width * f))
 
 
-class SPPFeatures:
+class WindowExtractor(abc.ABC):
+    """Window features from one image: what SPP-net and R-CNN both implement."""
+
+    #: whether :meth:`image_source` is worth caching on disk (it is shared by every window)
+    source_is_cacheable: bool = False
+    levels: tuple[int, ...]
+    device: torch.device
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, f, trunk: Trunk, head: FCHead) -> "WindowExtractor":
+        """The extractor of the ``features`` config section ``f``."""
+
+    @abc.abstractmethod
+    def image_source(self, image: np.ndarray):
+        """The per-image work the windows are pooled from."""
+
+    @abc.abstractmethod
+    def pool(self, source, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """pool5 of the distinct windows and, per box, the row it maps to: (Tensor[U, D], int64 [N])."""
+
+    def features_from_source(self, source, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)) -> dict[str, np.ndarray]:
+        """``{layer: float32 [N, D]}`` of ``boxes`` pooled from ``source``."""
+        layers = _check_layers(layers)
+        with torch.inference_mode():
+            pooled, inverse = self.pool(source, boxes)
+            unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
+        return {k: v[inverse] for k, v in unique_feats.items()}
+
+    @abc.abstractmethod
+    def extract(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
+        """``({layer: float32 [N, D]}, {stage: seconds})`` for one image."""
+
+
+class SPPFeatures(WindowExtractor):
     """SPP-net window features (see the module docstring)."""
+
+    source_is_cacheable = True
 
     def __init__(self, trunk: Trunk, head: FCHead, scales: Sequence[int] = (688,), max_side: int = 2000,
                  levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 1024, scale_target_size: int = 224,
@@ -214,6 +251,14 @@ class SPPFeatures:
         self.batch_size = int(batch_size)
         self.target_area = float(scale_target_size) ** 2
         self._buffer: torch.Tensor | None = None  # pool5 rows, reused image after image
+
+    @classmethod
+    def from_config(cls, f, trunk: Trunk, head: FCHead) -> "SPPFeatures":
+        return cls(trunk, head, scales=f.scales, max_side=f.max_side, levels=f.levels, batch_size=f.batch_size,
+                   scale_target_size=f.scale_target_size, device=f.device)
+
+    def image_source(self, image: np.ndarray) -> ConvMaps:
+        return self.compute_maps(image)
 
     def resized_size(self, height: int, width: int, scale: int) -> tuple[int, int]:
         """(height, width) of the image with its shorter side ``scale``, capped at max_side."""
@@ -282,12 +327,14 @@ class SPPFeatures:
                 spatial_pyramid_pool(fmap, unique[rows, 1:], self.levels, out=out[rows[0] : rows[-1] + 1])
         return out, inverse
 
-    def features_from_maps(self, maps: ConvMaps, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)) -> dict[str, np.ndarray]:
+    def features_from_source(self, source: ConvMaps, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)) -> dict[str, np.ndarray]:
         layers = _check_layers(layers)
         with torch.inference_mode():
-            pooled, inverse = self.pool(maps, boxes, reuse_buffer=True)
+            pooled, inverse = self.pool(source, boxes, reuse_buffer=True)
             unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
         return {k: v[inverse] for k, v in unique_feats.items()}
+
+    features_from_maps = features_from_source
 
     def extract(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
         layers = _check_layers(layers)
@@ -305,7 +352,7 @@ class SPPFeatures:
         return feats, {"conv": t1 - t0, "pool": t2 - t1, "fc": t3 - t2}
 
 
-class RCNNFeatures:
+class RCNNFeatures(WindowExtractor):
     """R-CNN window features on the same trunk and head (see the module docstring).
 
     Crops go through the conv layers ``crop_batch_size`` at a time (small batches keep
@@ -332,6 +379,14 @@ class RCNNFeatures:
         self.levels = tuple(levels)
         self.batch_size = int(batch_size)
         self.crop_batch_size = int(crop_batch_size)
+
+    @classmethod
+    def from_config(cls, f, trunk: Trunk, head: FCHead) -> "RCNNFeatures":
+        return cls(trunk, head, crop_size=f.rcnn_crop_size, context_pad=f.rcnn_context_pad, levels=f.levels,
+                   batch_size=f.batch_size, crop_batch_size=f.rcnn_crop_batch_size, device=f.device)
+
+    def image_source(self, image: np.ndarray) -> np.ndarray:
+        return image
 
     def dilate(self, boxes: np.ndarray) -> np.ndarray:
         return dilate_windows(boxes, self.crop_size, self.context_pad)
@@ -426,18 +481,17 @@ def compress_head(head: FCHead, rank: int) -> FCHead:
     return new.eval()
 
 
-def build_features(cfg, trunk: Trunk, head: FCHead):
-    """Map ``cfg.features`` onto :class:`SPPFeatures` or :class:`RCNNFeatures`."""
+#: ``features.method`` -> extractor class: a new method is one class and one line here
+EXTRACTORS: dict[str, type[WindowExtractor]] = {"spp": SPPFeatures, "rcnn": RCNNFeatures}
+
+
+def build_features(cfg, trunk: Trunk, head: FCHead) -> WindowExtractor:
+    """The extractor of ``cfg.features.method`` (:data:`EXTRACTORS`)."""
     f = cfg.features
     if f.fc_svd_rank > 0:
         head = compress_head(head, f.fc_svd_rank)
-    if f.method == "spp":
-        return SPPFeatures(trunk, head, scales=f.scales, max_side=f.max_side, levels=f.levels,
-                           batch_size=f.batch_size, scale_target_size=f.scale_target_size, device=f.device)
-    if f.method == "rcnn":
-        return RCNNFeatures(trunk, head, crop_size=f.rcnn_crop_size, context_pad=f.rcnn_context_pad,
-                            levels=f.levels, batch_size=f.batch_size, crop_batch_size=f.rcnn_crop_batch_size,
-                            device=f.device)
-    from sppcore.errors import UserError
+    if f.method not in EXTRACTORS:
+        from sppcore.errors import UserError
 
-    raise UserError(f"features.method: unknown method {f.method!r} (known: spp, rcnn)")
+        raise UserError(f"features.method: unknown method {f.method!r} (known: {', '.join(EXTRACTORS)})")
+    return EXTRACTORS[f.method].from_config(f, trunk, head)

@@ -462,7 +462,6 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     import torch
 
     from detect.feature_sources import WindowFeatures, network_digest
-    from detect.features import SPPFeatures
     from detect.finetune import finetune_head
     from detect.trunks import save_network
     from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
@@ -491,7 +490,7 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     save_config(cfg, os.path.join(out_dir, "config.yaml"))
     store = build_proposal_store(cfg, dataset, progress)
     # what the extractor pools windows from: SPP-net the cached conv5 maps, R-CNN the image
-    source = features.conv_maps_fn(dataset) if isinstance(extractor, SPPFeatures) else dataset.load_image
+    source = features.source_fn(dataset)
 
     def pool_fn(image_id, windows):
         pooled, inverse = extractor.pool(source(image_id), windows)

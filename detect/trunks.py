@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,7 +62,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRUNKS = ("compact", "zf5", "alexnet", "vgg16", "efficientnet_lite0")
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 EFFICIENTNET_CONV5_CHANNELS = 112
@@ -171,20 +170,28 @@ class FCHead(nn.Module):
             self.fc8.bias.zero_()
         return self.fc8
 
-    def forward(self, pool5: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
-        if layer not in self.LAYERS:
-            raise ValueError(f"unknown layer {layer!r} (known: {', '.join(self.LAYERS)})")
-        if layer == "pool5":
-            return pool5
-        x = torch.relu(self.fc6(pool5))
-        if layer == "fc6":
-            return x
-        x = torch.relu(self.fc7(self.dropout(x)))
-        if layer == "fc7":
-            return x
-        if self.fc8 is None:
+    def forward_layers(self, pool5: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Every layer of ``layers`` (of :data:`LAYERS`) from one pass through the chain
+        pool5 -> fc6 -> fc7 -> fc8 (ReLU after fc6 and fc7; dropout before fc7 and fc8,
+        the identity in eval mode): the one place the chain is written."""
+        for layer in layers:
+            if layer not in self.LAYERS:
+                raise ValueError(f"unknown layer {layer!r} (known: {', '.join(self.LAYERS)})")
+        deepest = max((self.LAYERS.index(layer) for layer in layers), default=0)
+        if deepest == 3 and self.fc8 is None:
             raise ValueError("fc8 does not exist: call add_classifier first")
-        return self.fc8(self.dropout(x))
+        out = {"pool5": pool5}
+        x = pool5
+        if deepest >= 1:
+            x = out["fc6"] = torch.relu(self.fc6(x))
+        if deepest >= 2:
+            x = out["fc7"] = torch.relu(self.fc7(self.dropout(x)))
+        if deepest >= 3:
+            out["fc8"] = self.fc8(self.dropout(x))
+        return {layer: out[layer] for layer in layers}
+
+    def forward(self, pool5: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
+        return self.forward_layers(pool5, (layer,))[layer]
 
 
 class CrossChannelLRN(nn.Module):
@@ -256,49 +263,73 @@ def _conv(cin, cout, k, s=1, bn=False):
     return layers
 
 
-def build_trunk(name: str) -> Trunk:
-    """An untrained trunk by name (see :data:`TRUNKS`)."""
-    if name == "compact":
-        # five batch-normalised conv layers small enough to train from scratch on a CPU in
-        # minutes: a 5x5/2 stem and two 3x3/2 max pools, total stride 8. The stride is
-        # what keeps the paper's geometry at the compact trunk's small sizes: a 64 px crop
-        # (the role of 224) spans 8 conv5 cells (224 / 16 = 14 in the paper); at stride 16
-        # it spanned 4, every window edge moved by up to a quarter of the object when
-        # projected, and SPP-net's fc8 mAP on the built-in data was 0.24 against 0.61 at
-        # stride 8 with the same cost per image (narrower layers pay for the finer map)
-        f = nn.Sequential(
-            *_conv(3, 32, 5, 2, bn=True), nn.MaxPool2d(3, 2, 1),
-            *_conv(32, 64, 3, bn=True), nn.MaxPool2d(3, 2, 1),
-            *_conv(64, 96, 3, bn=True),
-            *_conv(96, 128, 3, bn=True),
-            *_conv(128, 128, 3, bn=True),
-        )
-        return Trunk("compact", f, 128, 64, pixel_mean=(128.0, 128.0, 128.0), pixel_std=(64.0, 64.0, 64.0))
-    if name == "zf5":
-        # ZF-5 (SPP-net, Table 1): conv1 96 7x7/2, pool 3/2, conv2 256 5x5/2, pool 3/2,
-        # conv3 384, conv4 384, conv5 256 (3x3); LRN after conv1 and conv2 as Zeiler-Fergus
-        f = nn.Sequential(
-            *_conv(3, 96, 7, 2), CrossChannelLRN(5, 1e-4, 0.75, 2.0), nn.MaxPool2d(3, 2, 1),
-            *_conv(96, 256, 5, 2), CrossChannelLRN(5, 1e-4, 0.75, 2.0), nn.MaxPool2d(3, 2, 1),
-            *_conv(256, 384, 3), *_conv(384, 384, 3), *_conv(384, 256, 3),
-        )
-        return Trunk("zf5", f, 256, 227, pixel_mean=(128.0, 128.0, 128.0), pixel_std=(1.0, 1.0, 1.0))
-    if name in ("alexnet", "vgg16"):
+def _compact() -> Trunk:
+    # five batch-normalised conv layers small enough to train from scratch on a CPU in
+    # minutes: a 5x5/2 stem and two 3x3/2 max pools, total stride 8. The stride is
+    # what keeps the paper's geometry at the compact trunk's small sizes: a 64 px crop
+    # (the role of 224) spans 8 conv5 cells (224 / 16 = 14 in the paper); at stride 16
+    # it spanned 4, every window edge moved by up to a quarter of the object when
+    # projected, and SPP-net's fc8 mAP on the built-in data was 0.24 against 0.61 at
+    # stride 8 with the same cost per image (narrower layers pay for the finer map)
+    f = nn.Sequential(
+        *_conv(3, 32, 5, 2, bn=True), nn.MaxPool2d(3, 2, 1),
+        *_conv(32, 64, 3, bn=True), nn.MaxPool2d(3, 2, 1),
+        *_conv(64, 96, 3, bn=True),
+        *_conv(96, 128, 3, bn=True),
+        *_conv(128, 128, 3, bn=True),
+    )
+    return Trunk("compact", f, 128, 64, pixel_mean=(128.0, 128.0, 128.0), pixel_std=(64.0, 64.0, 64.0))
+
+
+def _zf5() -> Trunk:
+    # ZF-5 (SPP-net, Table 1): conv1 96 7x7/2, pool 3/2, conv2 256 5x5/2, pool 3/2,
+    # conv3 384, conv4 384, conv5 256 (3x3); LRN after conv1 and conv2 as Zeiler-Fergus
+    f = nn.Sequential(
+        *_conv(3, 96, 7, 2), CrossChannelLRN(5, 1e-4, 0.75, 2.0), nn.MaxPool2d(3, 2, 1),
+        *_conv(96, 256, 5, 2), CrossChannelLRN(5, 1e-4, 0.75, 2.0), nn.MaxPool2d(3, 2, 1),
+        *_conv(256, 384, 3), *_conv(384, 384, 3), *_conv(384, 256, 3),
+    )
+    return Trunk("zf5", f, 256, 227, pixel_mean=(128.0, 128.0, 128.0), pixel_std=(1.0, 1.0, 1.0))
+
+
+def _torchvision(name: str, channels: int, crop: int) -> Callable[[], Trunk]:
+    def build() -> Trunk:
         import torchvision
 
         net = getattr(torchvision.models, name)(weights=None)
         f = nn.Sequential(*list(net.features)[:-1])  # drop the max pool after conv5
-        return Trunk(name, f, 256 if name == "alexnet" else 512, 227 if name == "alexnet" else 224)
-    if name == "efficientnet_lite0":
-        from detect import efficientnet_lite
+        return Trunk(name, f, channels, crop)
 
-        # the stem and blocks up to the 112-channel stage: stride 16 like the paper's conv5
-        # (the next stage's stride 32 would give a 224 px window 7 cells)
-        net = efficientnet_lite.EfficientNetLite0()
-        f = nn.Sequential(*net.conv_layers(EFFICIENTNET_CONV5_CHANNELS))
-        return Trunk(name, f, EFFICIENTNET_CONV5_CHANNELS, 224,
-                     pixel_mean=efficientnet_lite.PIXEL_MEAN, pixel_std=efficientnet_lite.PIXEL_STD)
-    raise UserError(f"network.trunk: unknown trunk {name!r} (known: {', '.join(TRUNKS)})")
+    return build
+
+
+def _efficientnet_lite0() -> Trunk:
+    from detect import efficientnet_lite
+
+    # the stem and blocks up to the 112-channel stage: stride 16 like the paper's conv5
+    # (the next stage's stride 32 would give a 224 px window 7 cells)
+    net = efficientnet_lite.EfficientNetLite0()
+    f = nn.Sequential(*net.conv_layers(EFFICIENTNET_CONV5_CHANNELS))
+    return Trunk("efficientnet_lite0", f, EFFICIENTNET_CONV5_CHANNELS, 224,
+                 pixel_mean=efficientnet_lite.PIXEL_MEAN, pixel_std=efficientnet_lite.PIXEL_STD)
+
+
+#: ``network.trunk`` -> a function building the untrained trunk: a new trunk is one
+#: builder and one line here (and its name in detect.config.TRUNK_NAMES)
+TRUNKS: dict[str, Callable[[], Trunk]] = {
+    "compact": _compact,
+    "zf5": _zf5,
+    "alexnet": _torchvision("alexnet", 256, 227),
+    "vgg16": _torchvision("vgg16", 512, 224),
+    "efficientnet_lite0": _efficientnet_lite0,
+}
+
+
+def build_trunk(name: str) -> Trunk:
+    """An untrained trunk by name (see :data:`TRUNKS`)."""
+    if name not in TRUNKS:
+        raise UserError(f"network.trunk: unknown trunk {name!r} (known: {', '.join(TRUNKS)})")
+    return TRUNKS[name]()
 
 
 def spp_fc6_from_6x6(weight_6x6: torch.Tensor, channels: int, levels: Sequence[int]) -> torch.Tensor:

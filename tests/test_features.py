@@ -221,3 +221,58 @@ def test_reused_pool_buffer_leaves_earlier_features_intact(net):
     a, _ = fresh.pool(maps, boxes(seed=1))
     b, _ = fresh.pool(maps, boxes(seed=1))
     assert a.data_ptr() != b.data_ptr() and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["spp", "rcnn"])
+def test_both_extractors_implement_one_interface(net, kind):
+    """features_from_source(image_source(image)) is extract(image)'s features, whichever
+    the method; the registry and the config rule name the same methods."""
+    from detect.config import EXTRACTOR_NAMES
+    from detect.features import EXTRACTORS, WindowExtractor
+
+    assert tuple(EXTRACTORS) == EXTRACTOR_NAMES
+    trunk, head = net
+    ex = SPPFeatures(trunk, head, scales=(200,)) if kind == "spp" else RCNNFeatures(trunk, head, crop_size=32, context_pad=4)
+    assert isinstance(ex, WindowExtractor) and ex.source_is_cacheable == (kind == "spp")
+    img, b = image(), boxes(n=12)
+    direct, _ = ex.extract(img, b, ("pool5", "fc7"))
+    via = ex.features_from_source(ex.image_source(img), b, ("pool5", "fc7"))
+    for layer in ("pool5", "fc7"):
+        np.testing.assert_array_equal(via[layer], direct[layer])
+    pooled, inverse = ex.pool(ex.image_source(img), b)
+    np.testing.assert_allclose(pooled.numpy()[inverse], direct["pool5"], rtol=1e-6, atol=1e-6)
+
+
+def test_nothing_outside_the_extractors_asks_which_one_it_has():
+    import ast
+    import os
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "detect")
+    offenders = []
+    for name in sorted(os.listdir(root)):
+        if not name.endswith(".py") or name == "features.py":
+            continue
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+                names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+                if names & {"SPPFeatures", "RCNNFeatures"}:
+                    offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_the_fc_chain_is_one_pass_for_every_layer(net):
+    _, head = net
+    x = torch.randn(7, head.in_dim)
+    head.add_classifier(4)
+    with torch.no_grad():
+        every = head.forward_layers(x, ("pool5", "fc6", "fc7", "fc8"))
+        for layer in ("pool5", "fc6", "fc7", "fc8"):
+            torch.testing.assert_close(head(x, layer), every[layer], rtol=0, atol=0)
+        torch.testing.assert_close(every["fc7"], torch.relu(head.fc7(torch.relu(head.fc6(x)))), rtol=1e-6, atol=1e-6)
+    head.fc8 = None
+    with pytest.raises(ValueError, match="fc8 does not exist"):
+        head.forward_layers(x, ("fc8",))
+    with pytest.raises(ValueError, match="unknown layer"):
+        head.forward_layers(x, ("fc9",))
