@@ -428,7 +428,7 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
         result = pretrain(trunk, head, cfg.features.levels, train_sampler, val_sampler, sizes=sizes,
                           epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
                           weight_decay=p.weight_decay, seed=cfg.seed, eval_size=p.sizes[0], progress=progress,
-                          image_scales=tuple(p.image_scales) or None)
+                          image_scales=tuple(p.image_scales) or None, device=cfg.features.device)
         runs.append({"sizes": list(sizes), "val_accuracy": result.val_accuracy,
                      "val_image_accuracy": None if math.isnan(result.val_image_accuracy) else result.val_image_accuracy,
                      "seconds": result.seconds,

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detect.features import scaled_size, warp_windows
+from detect.features import resolve_device, scaled_size, warp_windows
 from detect.spp import pool_whole_map, project_windows_to_map
 from detect.trunks import FCHead, Trunk
 from sppcore.faults import kill_point
@@ -133,14 +133,18 @@ class ClassifierNet(torch.nn.Module):
         super().__init__()
         self.trunk, self.head, self.levels = trunk, head, tuple(levels)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def forward(self, crops_uint8: torch.Tensor) -> torch.Tensor:
-        x = self.trunk.normalize(crops_uint8.permute(0, 3, 1, 2))
+        x = self.trunk.normalize(crops_uint8.to(self.device).permute(0, 3, 1, 2))
         return self.head(pool_whole_map(self.trunk(x, inputs="crop"), self.levels), "fc8")
 
     def forward_image(self, image_uint8: np.ndarray, windows: np.ndarray) -> torch.Tensor:
         """fc8 of windows pooled from one image's conv5 map, as SPP-net detects
         (differentiable: one adaptive pyramid per window's cells)."""
-        x = self.trunk.normalize(torch.from_numpy(np.ascontiguousarray(image_uint8)).permute(2, 0, 1)[None])
+        x = self.trunk.normalize(torch.from_numpy(np.ascontiguousarray(image_uint8)).to(self.device).permute(2, 0, 1)[None])
         fmap = self.trunk(x)
         cells = project_windows_to_map(windows, self.trunk.stride, self.trunk.offset, fmap.shape[2], fmap.shape[3])
         pooled = torch.cat([pool_whole_map(fmap[:, :, y1 : y2 + 1, x1 : x2 + 1], self.levels)
@@ -154,7 +158,7 @@ def evaluate_accuracy(net: ClassifierNet, crops: np.ndarray, labels: np.ndarray,
     with torch.inference_mode():
         for s in range(0, len(crops), batch_size):
             logits = net(torch.from_numpy(crops[s : s + batch_size]))
-            correct += int((logits.argmax(1).numpy() == labels[s : s + batch_size]).sum())
+            correct += int((logits.argmax(1).cpu().numpy() == labels[s : s + batch_size]).sum())
     return correct / max(1, len(crops))
 
 
@@ -175,7 +179,7 @@ def evaluate_image_accuracy(net: ClassifierNet, sampler: CropSampler, scale: flo
                 continue
             resized, fx, fy = _resize_shorter(sampler.images[index], scale)
             logits = net.forward_image(resized, windows * np.float32([fx, fy, fx, fy]))
-            correct += int((logits.argmax(1).numpy() == labels).sum())
+            correct += int((logits.argmax(1).cpu().numpy() == labels).sum())
             total += len(labels)
     return correct / max(1, total)
 
@@ -209,16 +213,18 @@ def _resized_image(rng, image: np.ndarray, scales: tuple[float, float]):
 def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val_sampler: CropSampler | None,
              sizes=(64, 52), epochs: int = 8, batch_size: int = 32, lr: float = 1e-3,
              weight_decay: float = 1e-4, seed: int = 0, eval_size: int | None = None, progress: bool = True,
-             image_scales: tuple[float, float] | None = None, warmup: float = 0.03) -> PretrainResult:
+             image_scales: tuple[float, float] | None = None, warmup: float = 0.03,
+             device="cpu") -> PretrainResult:
     """Train trunk + head + fc8 (created by the caller with ``head.add_classifier``) in
     place. Crop epochs cycle through ``sizes``; with ``image_scales`` every other epoch is
     a whole-image epoch (module docstring). AdamW, learning rate warmed up linearly over
     the first ``warmup`` of the steps, then cosine decay to 0 per step. Validation crops
     are drawn once, at ``eval_size`` (default: the first size), from ``val_sampler``'s
-    images."""
+    images. Trains on ``device`` (``features.device``: cpu, cuda or cuda:N) and leaves the
+    trunk and head on the CPU."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = ClassifierNet(trunk, head, levels)
+    net = ClassifierNet(trunk, head, levels).to(resolve_device(device))
     border = tuple(float(v) for v in trunk.pixel_mean.flatten().tolist())
     params_decay = [p for n, p in net.named_parameters() if p.ndim > 1]
     params_other = [p for n, p in net.named_parameters() if p.ndim <= 1]
@@ -251,6 +257,7 @@ def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val
     def update(logits, y):
         """One optimiser step (at this step's learning rate) on a batch's loss."""
         set_lr()
+        y = y.to(logits.device)
         loss = torch.nn.functional.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -305,4 +312,5 @@ def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val
     if val_sampler is not None and image_scales:
         val_image_acc = evaluate_image_accuracy(net, val_sampler, sum(image_scales) / 2, seed + 2)
         log.info("pretraining: accuracy on windows of whole validation images %.4f", val_image_acc)
+    net.to("cpu")
     return PretrainResult(tuple(sizes), val_acc, val_image_acc, history, time.perf_counter() - t0)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from detect.config import NetworkConfig
@@ -96,3 +97,20 @@ def test_pretraining_keeps_finished_runs(synthetic_voc, tmp_path, monkeypatch):
     assert [r["sizes"] for r in both["runs"]] == [[40, 32], [40]]
     assert both["runs"][0] == first["runs"][0]
     assert pipeline.run_pretraining(cfg, compare=True, progress=False) == both and calls == [(40,)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pretraining_on_the_gpu_trains_and_leaves_the_network_on_the_cpu(synthetic_voc):
+    """``features.device=cuda``: crop and whole-image epochs run on the GPU; the result
+    is close to the CPU run's and the network comes back on the CPU, ready to save."""
+    ds = VOCDataset(synthetic_voc, "trainval")
+    results = {}
+    for device in ("cpu", "cuda"):
+        trunk, head = build_network(NetworkConfig(trunk="compact", fc_dim=32))
+        head.add_classifier(len(ds.classes) + 1)
+        sampler = CropSampler(ds, background_per_image=2)
+        results[device] = pretrain(trunk, head, (6, 3, 2, 1), sampler, sampler, sizes=(48,), epochs=2,
+                                   batch_size=16, lr=1e-3, progress=False, image_scales=(96, 160), device=device)
+        assert all(p.device.type == "cpu" for p in list(trunk.parameters()) + list(head.parameters()))
+    assert abs(results["cuda"].history[0]["loss"] - results["cpu"].history[0]["loss"]) < 0.05
+    assert 0.0 <= results["cuda"].val_image_accuracy <= 1.0
