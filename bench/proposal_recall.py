@@ -41,9 +41,9 @@ VOC_PHOTOS = os.path.normpath(os.path.join(_HERE, "..", "..", "shared", "dataset
 
 def _variants():
     """(row name, settings): every backend with its defaults, and the package at a finer scale."""
-    from proposals import BACKENDS, ProposalConfig
+    from proposals import ALGORITHMS, ProposalConfig
 
-    rows = [(b, ProposalConfig(backend=b)) for b in BACKENDS]
+    rows = [(b, ProposalConfig(backend=b)) for b in ALGORITHMS]
     return rows + [("rcnn_fast/min20", ProposalConfig(min_size=20)),
                    ("selectivesearch/s100", ProposalConfig(backend="selectivesearch", ss_scale=100.0))]
 

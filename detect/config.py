@@ -28,7 +28,7 @@ import yaml
 from detect.datasets import DATASETS
 from detect.evaluation import METRICS
 from proposals.config import ProposalConfig
-from proposals.selective_search import BACKENDS, IMPORTED_BACKEND
+from proposals.backends import BACKENDS
 from sppcore.errors import UserError
 from sppcore.fileio import atomic_write_text, stable_hash
 from svm.config import SVMConfig
@@ -385,7 +385,7 @@ RULES: dict[str, Any] = {
     "data.classes": ListRule(PLAIN_NAME, "distinct class names; empty: inferred from the dataset",
                              whole=lambda v: len(set(v)) == len(v)),
     "data.train_difficult": BOOL,
-    "proposals.backend": Choice(BACKENDS + (IMPORTED_BACKEND,), "backend"),
+    "proposals.backend": Choice(tuple(BACKENDS), "backend"),
     "proposals.max_boxes": POSITIVE_INT,
     "proposals.max_side": POSITIVE_INT,
     "proposals.min_size": NON_NEGATIVE_INT,

@@ -4,7 +4,8 @@ No network code here: images and arrays in, boxes out. R-CNN's published VOC box
 (``.mat`` files) can be imported into the same store (:mod:`proposals.matfile`).
 """
 from proposals.config import ProposalConfig
-from proposals.selective_search import BACKENDS, IMPORTED_BACKEND, compute_proposals
+from proposals.backends import BACKENDS
+from proposals.selective_search import ALGORITHMS, compute_proposals
 from proposals.store import ProposalStore
 
-__all__ = ["ProposalConfig", "compute_proposals", "ProposalStore", "BACKENDS", "IMPORTED_BACKEND"]
+__all__ = ["ProposalConfig", "compute_proposals", "ProposalStore", "BACKENDS", "ALGORITHMS"]

@@ -105,8 +105,7 @@ from sppcore.boxes import xywh_to_xyxy
 from sppcore.errors import ProposalError
 
 __all__ = [
-    "BACKENDS",
-    "IMPORTED_BACKEND",
+    "ALGORITHMS",
     "ALGORITHM_VERSION",
     "compute_proposals",
     "as_rgb_uint8",
@@ -126,9 +125,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("rcnn_fast", "opencv_fast", "opencv_quality", "selectivesearch")
-# not computed: R-CNN's published selective-search boxes, read by the store (proposals.matfile)
-IMPORTED_BACKEND = "rcnn_mat"
 # Version of what compute_proposals returns for given settings: bump it whenever a change
 # to the algorithm changes the boxes (or their order) for an unchanged ProposalConfig, so
 # that every cached proposal computed by the older code is recomputed.
@@ -522,10 +518,12 @@ def compute_proposals(image: np.ndarray, cfg: ProposalConfig | None = None) -> n
     import cv2
 
     cfg = cfg or ProposalConfig()
-    if cfg.backend == IMPORTED_BACKEND:
-        raise ProposalError(f"proposals.backend={IMPORTED_BACKEND} reads R-CNN's published boxes for known "
-                            "images (ProposalStore); it cannot compute proposals for a new image")
-    if cfg.backend not in BACKENDS:
+    if cfg.backend not in ALGORITHMS:
+        from proposals.backends import BACKENDS
+
+        if cfg.backend in BACKENDS:
+            raise ProposalError(f"proposals.backend={cfg.backend} reads published boxes for known images "
+                                "(ProposalStore); it cannot compute proposals for a new image")
         raise ProposalError(f"proposals.backend: unknown backend {cfg.backend!r} (known: {', '.join(BACKENDS)})")
     if cfg.max_boxes < 1:
         raise ProposalError(f"proposals.max_boxes must be positive, got {cfg.max_boxes}")
@@ -538,17 +536,7 @@ def compute_proposals(image: np.ndarray, cfg: ProposalConfig | None = None) -> n
     if max(h, w) > cfg.max_side:
         scale = cfg.max_side / max(h, w)
         rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    if cfg.backend == "rcnn_fast":
-        # one group per hierarchy, ranked by area levels (module docstring: under the
-        # 2,000 cap they kept more objects than the merge levels on crowded images)
-        hierarchies = rcnn_fast_hierarchies(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), cfg)
-        boxes = rank_groups([b for b, _ in hierarchies])
-    else:
-        if cfg.backend == "selectivesearch":
-            groups = [_selectivesearch_boxes(rgb, cfg)]
-        else:
-            groups = _opencv_groups(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), cfg)
-        boxes = rank_groups(groups)  # dedup + order on the segmented image's integer boxes
+    boxes = ALGORITHMS[cfg.backend](rgb, cfg)
     if scale != 1.0:
         boxes = boxes / scale
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
@@ -558,3 +546,34 @@ def compute_proposals(image: np.ndarray, cfg: ProposalConfig | None = None) -> n
     if len(boxes) == 0:
         return whole
     return np.ascontiguousarray(boxes, dtype=np.float32)
+
+
+def _rcnn_fast_ranked(rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
+    import cv2
+
+    # one group per hierarchy, ranked by area levels (module docstring: under the
+    # 2,000 cap they kept more objects than the merge levels on crowded images)
+    hierarchies = rcnn_fast_hierarchies(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), cfg)
+    return rank_groups([b for b, _ in hierarchies])
+
+
+def _opencv_ranked(rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
+    import cv2
+
+    # dedup + order on the segmented image's integer boxes
+    return rank_groups(_opencv_groups(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), cfg))
+
+
+def _selectivesearch_ranked(rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
+    return rank_groups([_selectivesearch_boxes(rgb, cfg)])
+
+
+#: the computing backends: ``proposals.backend`` -> fn(RGB uint8 image at the working
+#: size, settings) -> ranked float boxes of that image (before the size filter and cap).
+#: The store's registry, :data:`proposals.backends.BACKENDS`, adds the imported ``rcnn_mat``.
+ALGORITHMS = {
+    "rcnn_fast": _rcnn_fast_ranked,
+    "opencv_fast": _opencv_ranked,
+    "opencv_quality": _opencv_ranked,
+    "selectivesearch": _selectivesearch_ranked,
+}

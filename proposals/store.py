@@ -27,19 +27,15 @@ NaN for them.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
-import time
 from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from proposals.backends import BACKENDS
 from proposals.config import ProposalConfig
-from proposals.matfile import load_rcnn_mat, mat_files
-from proposals.selective_search import ALGORITHM_VERSION, BACKENDS, IMPORTED_BACKEND
+from proposals.selective_search import ALGORITHM_VERSION
 from sppcore.errors import ProposalError
-from sppcore.faults import kill_point
 from sppcore.fileio import KeyedEntries, file_digest, keyed_directory
 
 __all__ = ["ProposalStore", "CACHE_VERSION"]
@@ -60,12 +56,10 @@ def _config_dict(cfg: ProposalConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in SPEED_SETTINGS}
 
 
-def _file_signature(path: str) -> list:
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise ProposalError(f"{path}: file not found") from None
-    return [os.path.basename(path), st.st_size, st.st_mtime_ns]
+def _backend(cfg: ProposalConfig):
+    if cfg.backend not in BACKENDS:
+        raise ProposalError(f"proposals.backend: unknown backend {cfg.backend!r} (known: {', '.join(BACKENDS)})")
+    return BACKENDS[cfg.backend]
 
 
 def _image_digest(path: str) -> str:
@@ -73,48 +67,6 @@ def _image_digest(path: str) -> str:
         return file_digest(path)
     except OSError:
         raise ProposalError(f"{path}: image file not found") from None
-
-
-def _compute_one(args) -> str:
-    image_id, path, cfg, directory, key, digest = args
-    from proposals.selective_search import compute_proposals
-    from sppcore.images import load_image
-
-    image = load_image(path)
-    t0 = time.perf_counter()
-    boxes = compute_proposals(image, cfg)
-    seconds = time.perf_counter() - t0
-    KeyedEntries(directory, key).save(image_id, digest, boxes=boxes, seconds=np.float64(seconds))
-    return image_id
-
-
-def _mat_path(cfg: ProposalConfig) -> str:
-    if not cfg.mat_path:
-        raise ProposalError(f"proposals.backend={IMPORTED_BACKEND} needs proposals.mat_path "
-                            "(R-CNN's selective_search_data .mat file or its directory)")
-    return cfg.mat_path
-
-
-def _import_mat(cfg: ProposalConfig, todo: list, bar) -> None:
-    """Write the cache entries of the ``todo`` images from the ``.mat`` files, one file at a
-    time (R-CNN's VOC 2007 test file holds about 10 million boxes)."""
-    missing = {item[0]: item for item in todo}
-    for path in mat_files(_mat_path(cfg)):
-        for image_id, boxes in load_rcnn_mat(path, missing).items():
-            _, _, _, directory, key, digest = missing.pop(image_id)
-            KeyedEntries(directory, key).save(image_id, digest, boxes=boxes[: cfg.max_boxes],
-                                              seconds=np.float64(np.nan))
-            bar.update(1)
-        if not missing:
-            return
-    first = sorted(missing)[0]
-    raise ProposalError(f"{cfg.mat_path}: no boxes for image {first} ({len(missing)} images missing)")
-
-
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
 
 
 class ProposalStore:
@@ -132,8 +84,7 @@ class ProposalStore:
         """What every entry of the store depends on besides its own image: the settings,
         the cache and algorithm versions and, for ``rcnn_mat``, the ``.mat`` files."""
         key = {"version": CACHE_VERSION, "algorithm": ALGORITHM_VERSION, "proposals": _config_dict(cfg)}
-        if cfg.backend == IMPORTED_BACKEND:
-            key["mat_files"] = [_file_signature(f) for f in mat_files(_mat_path(cfg))]
+        key.update(_backend(cfg).key(cfg))
         return key
 
     @classmethod
@@ -149,9 +100,7 @@ class ProposalStore:
         """Compute (or find) the proposals of every image; returns the store."""
         if len(image_ids) != len(image_paths):
             raise ValueError("image_ids and image_paths differ in length")
-        if cfg.backend not in BACKENDS + (IMPORTED_BACKEND,):
-            raise ProposalError(f"proposals.backend: unknown backend {cfg.backend!r} "
-                                f"(known: {', '.join(BACKENDS + (IMPORTED_BACKEND,))})")
+        backend = _backend(cfg)
         key = cls.cache_key(cfg)
         directory = keyed_directory(cache_root, cfg.backend, key)
         digests = [_image_digest(p) for p in image_paths]
@@ -164,19 +113,7 @@ class ProposalStore:
             bar = tqdm(total=len(image_ids), initial=len(image_ids) - len(todo),
                        desc=f"proposals {cfg.backend}", disable=not progress)
             try:
-                if cfg.backend == IMPORTED_BACKEND:
-                    _import_mat(cfg, todo, bar)
-                elif workers > 1 and len(todo) > 1:
-                    ctx = mp.get_context("spawn")  # safe whatever threads the parent runs
-                    with ctx.Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
-                        for n, _ in enumerate(pool.imap_unordered(_compute_one, todo, chunksize=1)):
-                            bar.update(1)
-                            kill_point("proposals", n)
-                else:
-                    for n, item in enumerate(todo):
-                        _compute_one(item)
-                        bar.update(1)
-                        kill_point("proposals", n)
+                backend.fill(cfg, todo, workers, lambda: bar.update(1))
             finally:
                 bar.close()
         return store

@@ -20,7 +20,7 @@ def images(tmp_path, n):
 
 
 def test_subsets_and_supersets_share_entries(tmp_path, monkeypatch):
-    import proposals.store as ps
+    import proposals.backends as ps
 
     ids, paths = images(tmp_path, 4)
     cfg = ProposalConfig(max_boxes=50)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from proposals import BACKENDS, ProposalConfig, ProposalStore, compute_proposals
+from proposals import ALGORITHMS, ProposalConfig, ProposalStore, compute_proposals
 from proposals.recall import average_best_overlap, average_recall, best_overlaps, recall_at, recall_vs_boxes
 from proposals.selective_search import (
     FAST_STRATEGIES, adjacent_pairs, colour_space_image, felzenszwalb_segments, hierarchical_grouping,
@@ -100,7 +100,7 @@ def test_selectivesearch_rect_convention():
     np.testing.assert_array_equal(selectivesearch_rect_to_xyxy([(3, 4, 9, 19)]), [[3, 4, 13, 24]])
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "selectivesearch"])
+@pytest.mark.parametrize("backend", [b for b in ALGORITHMS if b != "selectivesearch"])
 def test_opencv_backends_find_the_blocks(backend):
     img = blocks_image()
     boxes = compute_proposals(img, ProposalConfig(backend=backend))
@@ -221,7 +221,7 @@ def test_store_resumes_after_interruption(tmp_path, monkeypatch):
     reference = {i: store[i] for i in ids}
     os.remove(os.path.join(store.directory, "im2.npz"))  # as if interrupted before im2
     calls = []
-    import proposals.store as ps
+    import proposals.backends as ps
 
     real = ps._compute_one
     monkeypatch.setattr(ps, "_compute_one", lambda item: calls.append(item[0]) or real(item))
