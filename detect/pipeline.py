@@ -203,6 +203,15 @@ def _model_and_config(model_dir: str, method: str | None, config_path: str | Non
     return model, cfg
 
 
+def default_test_dir(model_dir: str, method: str) -> str:
+    """Where test_net writes when no ``--out`` is given: ``<name>/test_<method>`` beside a
+    model directory called ``model`` (the tools' layout, ``output/<name>/model``), and
+    ``<dir>_test_<method>`` beside any other, so that two models in one folder never
+    write over each other's results."""
+    parent, base = os.path.split(os.path.abspath(model_dir))
+    return os.path.join(parent, f"test_{method}" if base == "model" else f"{base}_test_{method}")
+
+
 def test(model_dir: str, method: str | None = None, num_images: int | None = None, out_dir: str | None = None,
          config_path: str | None = None, overrides=None, progress: bool = True):
     """Detect on the test set and evaluate by ``test.metric``; returns (results dict,
@@ -227,7 +236,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
     dataset = open_dataset(cfg, cfg.data.test_set, num_images)
     if tuple(dataset.classes) != tuple(model.classes):
         raise UserError(f"{cfg.data.root}: classes {dataset.classes} differ from the model's {model.classes}")
-    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(model_dir)), f"test_{cfg.features.method}")
+    out_dir = out_dir or default_test_dir(model_dir, cfg.features.method)
     os.makedirs(out_dir, exist_ok=True)
     if world.is_main:
         save_config(cfg, os.path.join(out_dir, "config.yaml"))

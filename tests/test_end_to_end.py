@@ -210,3 +210,11 @@ def test_quickstart_chain_detects_well_above_chance(tmp_path, capsys):
         again = json.load(f)
     assert [r["map"] for r in again["table"]] == [r["map"] for r in summary["table"]]
     assert again["seconds"]["total"] < 60
+
+
+def test_sibling_models_get_their_own_default_test_directories(tmp_path):
+    from detect.pipeline import default_test_dir
+
+    assert default_test_dir(str(tmp_path / "run" / "model"), "spp") == str(tmp_path / "run" / "test_spp")
+    svm, softmax = default_test_dir(str(tmp_path / "ft" / "svm"), "spp"), default_test_dir(str(tmp_path / "ft" / "softmax/"), "spp")
+    assert svm == str(tmp_path / "ft" / "svm_test_spp") and softmax == str(tmp_path / "ft" / "softmax_test_spp")

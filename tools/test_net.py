@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", choices=("spp", "rcnn"), default=None,
                         help="feature method; must be the one the model was trained with (default: the model's)")
     parser.add_argument("--num-images", type=int, default=None, help="test on the first N images only")
-    parser.add_argument("--out", help="output directory (default: next to the model)")
+    parser.add_argument("--out", help="output directory (default: <name>/test_<method> beside <name>/model, <dir>_test_<method> beside any other model directory)")
     parser.add_argument("--config", default=None, help="optional YAML whose settings override the model's (e.g. other test settings)")
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                         help="override the model's config, e.g. --set test.nms_iou=0.4")
