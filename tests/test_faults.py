@@ -254,14 +254,21 @@ def test_truncated_cache_entries_are_recomputed_with_a_warning(world, capsys):
     bytes, each is recomputed, with a warning naming it, to the same result."""
     out = world["out"]
     cache = str(out / "cache")
+    from detect.cli import DEFAULT_CONFIG
+    from detect.config import load_config
+    from detect.feature_sources import WindowFeatures
+    from detect.stages import proposal_key
+
+    # the directories these settings use (other tests add directories of other keys to
+    # this cache), and in them the entry of a training image: the retrain reads every one
+    # (a test image's entry would not be read again, its detections being cached)
+    cfg = load_config(DEFAULT_CONFIG, world["overrides"])
     with open(os.path.join(world["data"], "ImageSets", "Main", "trainval.txt")) as f:
-        trainval = {line.strip() for line in f if line.strip()}
-    # entries of training images: the retrain reads every one of them (a test image's entry
-    # would not be read again, its detections being cached)
-    entries = sorted(os.path.join(root, f) for root, _, files in os.walk(cache) for f in files
-                     if f.endswith(".npz") and f[:-4] in trainval)
-    proposal = next(p for p in entries if os.sep + "rcnn_fast-" in p)
-    conv5 = next(p for p in entries if os.sep + "conv5-" in p)
+        first_train = sorted(line.strip() for line in f if line.strip())[0]
+    proposal = os.path.join(cache, "proposals", f"{cfg.proposals.backend}-{proposal_key(cfg)}", f"{first_train}.npz")
+    conv_dir = WindowFeatures.from_config(cfg, cache_root=os.path.join(cache, "features"))._conv_entries().directory
+    conv5 = os.path.join(conv_dir, f"{first_train}.npz")
+    assert os.path.isfile(proposal) and os.path.isfile(conv5), (proposal, conv5)
     work = os.path.join(world["model"], "work")
     det = os.path.join(out / "test", "detections", sorted(os.listdir(out / "test" / "detections"))[0])
     truncate(proposal)
