@@ -29,6 +29,7 @@ from detect.datasets import DATASETS
 from detect.evaluation import METRICS
 from proposals.config import ProposalConfig
 from proposals.backends import BACKENDS
+from proposals.store import SPEED_SETTINGS as PROPOSAL_SPEED_SETTINGS
 from sppcore.errors import UserError
 from sppcore.fileio import atomic_write_text, stable_hash
 from svm.config import SVMConfig
@@ -728,8 +729,9 @@ def config_to_dict(cfg: Any) -> dict:
 
 # Settings that change how fast a stage runs, never what it produces: left out of every
 # cache and model key (keyed_settings), so that they can differ between runs, machines and
-# processes that share outputs.
-SPEED_SETTINGS = ("proposals.workers",)
+# processes that share outputs. The proposal store's own list, which its key leaves out, is
+# the one source.
+SPEED_SETTINGS = tuple(f"proposals.{name}" for name in PROPOSAL_SPEED_SETTINGS)
 
 
 def keyed_settings(cfg: Config) -> dict:
