@@ -98,6 +98,10 @@ class NetworkConfig:
     fc_dim: int = 4096
     # dropout before fc7 and fc8 while training
     dropout: float = 0.5
+    # spatial pyramid levels n (n x n bins each) between conv5 and fc6; paper: 6, 3, 2, 1
+    # -> 50 bins. A property of the network: fc6's input is laid out level by level in
+    # this order (read from its earlier place, features.levels, too)
+    levels: tuple[int, ...] = (6, 3, 2, 1)
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,6 @@ class FeatureConfig:
     max_side: int = 2000
     # multi-scale: each window is pooled at the scale where its area is closest to this^2
     scale_target_size: int = 224
-    # pyramid levels n (n x n bins each); paper: 6, 3, 2, 1 -> 50 bins
-    levels: tuple[int, ...] = (6, 3, 2, 1)
     # feature layer fed to the SVMs: pool5 | fc6 | fc7
     layer: str = "fc7"
     # R-CNN: warped crop side (227 for AlexNet/ZF-5, 224 for VGG16)
@@ -404,12 +406,12 @@ RULES: dict[str, Any] = {
     "network.init_seed": SEED,
     "network.fc_dim": POSITIVE_INT,
     "network.dropout": number(0, 1, hi_open=True),
+    "network.levels": ListRule(POSITIVE_INT, "a non-empty list of distinct positive integers", min_len=1,
+                               whole=lambda v: len(set(v)) == len(v)),
     "features.method": Choice(tuple(EXTRACTOR_NAMES), "method"),
     "features.scales": positive_ints(),
     "features.max_side": POSITIVE_INT,
     "features.scale_target_size": POSITIVE_INT,
-    "features.levels": ListRule(POSITIVE_INT, "a non-empty list of distinct positive integers", min_len=1,
-                                whole=lambda v: len(set(v)) == len(v)),
     "features.layer": FEATURE_LAYERS,
     "features.rcnn_crop_size": POSITIVE_INT,
     "features.rcnn_context_pad": NON_NEGATIVE_INT,
@@ -599,10 +601,38 @@ def _build_dataclass(cls: type, values: dict, prefix: str = "") -> Any:
     return obj
 
 
+# Settings that moved: earlier dotted key -> its key now. Config files, overrides and the
+# configs saved in model directories may still use the earlier key.
+MOVED_SETTINGS = {"features.levels": "network.levels"}
+
+
+def _move_settings(values: dict) -> dict:
+    """``values`` with every setting of :data:`MOVED_SETTINGS` under its current key; the
+    same setting given under both keys with different values is a :class:`ConfigError`."""
+    out = dict(values)
+    for old, new in MOVED_SETTINGS.items():
+        old_section, old_name = old.split(".")
+        section = out.get(old_section)
+        if not isinstance(section, dict) or old_name not in section:
+            continue
+        section = dict(section)
+        value = section.pop(old_name)
+        out[old_section] = section
+        new_section, new_name = new.split(".")
+        target = dict(out.get(new_section) or {})
+        if new_name in target and target[new_name] != value:
+            raise ConfigError(f"{old}: {_show(value)} conflicts with {new}: {_show(target[new_name])} "
+                              f"(the same setting; {old} is its earlier name)")
+        target[new_name] = value
+        out[new_section] = target
+    return out
+
+
 def build_config(values: dict | None = None) -> Config:
     """Build a :class:`Config` from a nested dict (missing keys take their defaults); every
-    setting is checked against its rule (:data:`RULES`, :func:`validate_config`)."""
-    return validate_config(_build_dataclass(Config, dict(values or {})))
+    setting is checked against its rule (:data:`RULES`, :func:`validate_config`). Settings
+    under an earlier key (:data:`MOVED_SETTINGS`) are read at their current one."""
+    return validate_config(_build_dataclass(Config, _move_settings(dict(values or {}))))
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -658,6 +688,10 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        values = _move_settings(values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     base = values.pop("_base_", None)
     if base is not None:
         if not isinstance(base, str) or not base:
@@ -707,8 +741,8 @@ def load_config(
     values = config_to_dict(base) if base is not None else {}
     path = find_config(path) if path else path
     values = _deep_merge(values, _read_yaml(path) if path else {})
-    values = _deep_merge(values, parse_overrides(overrides))
     try:
+        values = _deep_merge(values, _move_settings(parse_overrides(overrides)))
         return build_config(values)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None

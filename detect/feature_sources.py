@@ -62,7 +62,7 @@ class WindowFeatures:
         net_cfg = cfg.network
         if network_file:
             net_cfg = dataclasses.replace(net_cfg, weights=network_file)
-        trunk, head = build_network(net_cfg, cfg.features.levels)
+        trunk, head = build_network(net_cfg)
         return cls(cfg, trunk, head, cache_root, weights_file=network_file)
 
     def extract(self, image, boxes, layers):

@@ -254,8 +254,8 @@ class SPPFeatures(WindowExtractor):
 
     @classmethod
     def from_config(cls, f, trunk: Trunk, head: FCHead) -> "SPPFeatures":
-        return cls(trunk, head, scales=f.scales, max_side=f.max_side, levels=f.levels, batch_size=f.batch_size,
-                   scale_target_size=f.scale_target_size, device=f.device)
+        return cls(trunk, head, scales=f.scales, max_side=f.max_side, levels=head.levels or (6, 3, 2, 1),
+                   batch_size=f.batch_size, scale_target_size=f.scale_target_size, device=f.device)
 
     def image_source(self, image: np.ndarray) -> ConvMaps:
         return self.compute_maps(image)
@@ -382,7 +382,8 @@ class RCNNFeatures(WindowExtractor):
 
     @classmethod
     def from_config(cls, f, trunk: Trunk, head: FCHead) -> "RCNNFeatures":
-        return cls(trunk, head, crop_size=f.rcnn_crop_size, context_pad=f.rcnn_context_pad, levels=f.levels,
+        return cls(trunk, head, crop_size=f.rcnn_crop_size, context_pad=f.rcnn_context_pad,
+                   levels=head.levels or (6, 3, 2, 1),
                    batch_size=f.batch_size, crop_batch_size=f.rcnn_crop_batch_size, device=f.device)
 
     def image_source(self, image: np.ndarray) -> np.ndarray:

@@ -117,7 +117,7 @@ def save_model(model: DetectionModel, directory: str, key: object = "") -> str:
             "format_version": MODEL_FORMAT_VERSION,
             "classifier": classifier.name,
             "method": model.config.features.method,
-            "levels": list(model.config.features.levels),
+            "levels": list(model.config.network.levels),
             "svm_layer": classifier.layer,
             "bbox_layer": model.bbox_layer,
             "feature_dim": int(classifier.feature_dim),

@@ -193,9 +193,9 @@ def _model_and_config(model_dir: str, method: str | None, config_path: str | Non
                 f"train a {wanted!r} model (--set features.method={wanted}) to test that method")
     if cfg.features.layer != model.svm_layer:
         raise UserError(f"{model_dir}: features.layer={cfg.features.layer} differs from the trained {model.svm_layer}")
-    if tuple(cfg.features.levels) != tuple(trained.levels):
-        raise UserError(f"{model_dir}: features.levels={list(cfg.features.levels)} differs from the trained "
-                        f"{list(trained.levels)} (the classifier reads the pyramid in that order)")
+    if tuple(cfg.network.levels) != tuple(model.config.network.levels):
+        raise UserError(f"{model_dir}: network.levels={list(cfg.network.levels)} differs from the trained "
+                        f"{list(model.config.network.levels)} (the classifier reads the pyramid in that order)")
     if cfg.classifier.type != model.classifier.name:
         raise UserError(f"{model_dir}: classifier.type={cfg.classifier.type} but the model's classifier is "
                         f"{model.classifier.name}; train a {cfg.classifier.type} model to test that")
@@ -409,8 +409,12 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     data_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=cfg.pretrain.root)) if cfg.pretrain.root else cfg
     train_ds = open_dataset(data_cfg, cfg.pretrain.train_set)
     val_ds = open_dataset(data_cfg, cfg.pretrain.val_set)
-    key = stable_hash({"pretrain": config_to_dict(cfg.pretrain), "network": config_to_dict(cfg.network),
-                       "levels": list(cfg.features.levels), "classes": list(data_cfg.data.classes),
+    # the network's settings without its levels, and the levels beside them: the key's
+    # layout from before the levels moved into the network section, so that earlier
+    # pretrained networks stay valid
+    network_settings = {k: v for k, v in config_to_dict(cfg.network).items() if k != "levels"}
+    key = stable_hash({"pretrain": config_to_dict(cfg.pretrain), "network": network_settings,
+                       "levels": list(cfg.network.levels), "classes": list(data_cfg.data.classes),
                        "train": dataset_identity(train_ds), "val": dataset_identity(val_ds), "seed": cfg.seed})
     sealed_files = [os.path.basename(path), os.path.basename(path) + ".json", os.path.basename(report_path)]
     runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
@@ -432,9 +436,9 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     val_sampler = CropSampler(val_ds, jitter=p.jitter, background_per_image=p.background_per_image)
     for run, sizes in enumerate(s for s in runs_wanted if s not in done):
         kill_point("pretrain_run", run)
-        trunk, head = build_network(dataclasses.replace(cfg.network, weights="random"), cfg.features.levels)
+        trunk, head = build_network(dataclasses.replace(cfg.network, weights="random"))
         head.add_classifier(len(train_ds.classes) + 1, seed=cfg.network.init_seed)
-        result = pretrain(trunk, head, cfg.features.levels, train_sampler, val_sampler, sizes=sizes,
+        result = pretrain(trunk, head, cfg.network.levels, train_sampler, val_sampler, sizes=sizes,
                           epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
                           weight_decay=p.weight_decay, seed=cfg.seed, eval_size=p.sizes[0], progress=progress,
                           image_scales=tuple(p.image_scales) or None, device=cfg.features.device)

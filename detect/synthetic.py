@@ -394,14 +394,42 @@ def _manifest(seed: int, num_trainval: int, num_test: int) -> dict:
     }
 
 
+# fewer images than this are drawn in one process when the number of workers is left to the cores
+PARALLEL_MIN_IMAGES = 64
+
+
+def _write_image(item) -> dict[str, int]:
+    """Draw one image from its seed and write its JPEG and annotation into the dataset
+    directory being built; returns its classes' VOC presence flags (1: a non-difficult
+    instance, 0: difficult ones only)."""
+    tmp, image_id, rng_seed = item
+    classes = SYNTHETIC_CLASSES
+    image, objects = render_image(np.random.default_rng(rng_seed), classes)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise DatasetError(f"{image_id}: JPEG encoding failed")
+    buf.tofile(os.path.join(tmp, "JPEGImages", image_id + ".jpg"))
+    xml = _annotation_xml(image_id, image.shape[1], image.shape[0], objects, classes)
+    with open(os.path.join(tmp, "Annotations", image_id + ".xml"), "w", encoding="utf-8") as f:
+        f.write(xml)
+    flags: dict[str, int] = {}
+    for o in objects:
+        name = classes[o["label"]]
+        flags[name] = max(flags.get(name, -1), 0 if o["difficult"] else 1)
+    return flags
+
+
 def generate_synthetic_voc(
     out_dir: str,
     seed: int = 0,
     num_trainval: int = 250,
     num_test: int = 250,
     progress: bool = True,
+    workers: int = 0,
 ) -> str:
-    """Write ``out_dir/VOC2007`` (VOC2007 layout) and return its path.
+    """Write ``out_dir/VOC2007`` (VOC2007 layout) and return its path. Images are drawn by
+    ``workers`` processes (0: the cores available; 1: this process), each from its own
+    seed, so the files are the same whatever the number of workers.
 
     Does nothing when ``out_dir/VOC2007/manifest.json`` records the same settings. An
     existing ``VOC2007`` with another generator manifest is replaced; one without a
@@ -435,29 +463,31 @@ def generate_synthetic_voc(
     presence: dict[str, dict[str, int]] = {}
     total = num_trainval + num_test
     bar = tqdm(total=total, desc="generating images", disable=not progress)
-    counter = 0
+    jobs = []  # (split, image id, rng seed), in id order
+    for split, code, n in splits:
+        for i in range(n):
+            jobs.append((split, f"{len(jobs) + 1:06d}", (seed, code, i)))
+    if workers <= 0:  # the cores available; a small set is not worth starting processes for
+        workers = len(os.sched_getaffinity(0)) if len(jobs) >= PARALLEL_MIN_IMAGES else 1
+    workers = min(len(jobs), workers)
     try:
-        for split, code, n in splits:
-            for i in range(n):
-                counter += 1
-                image_id = f"{counter:06d}"
-                rng = np.random.default_rng((seed, code, i))
-                image, objects = render_image(rng, classes)
-                ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                       [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                if not ok:
-                    raise DatasetError(f"{image_id}: JPEG encoding failed")
-                buf.tofile(os.path.join(tmp, "JPEGImages", image_id + ".jpg"))
-                xml = _annotation_xml(image_id, image.shape[1], image.shape[0], objects, classes)
-                with open(os.path.join(tmp, "Annotations", image_id + ".xml"), "w", encoding="utf-8") as f:
-                    f.write(xml)
-                ids[split].append(image_id)
-                flags = {}
-                for o in objects:  # VOC: 1 if a non-difficult instance, 0 if only difficult ones
-                    name = classes[o["label"]]
-                    flags[name] = max(flags.get(name, -1), 0 if o["difficult"] else 1)
-                presence[image_id] = flags
+        items = [(tmp, image_id, rng_seed) for _, image_id, rng_seed in jobs]
+        if workers > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers) as pool:
+                done = []
+                for flags in pool.imap(_write_image, items, chunksize=8):
+                    done.append(flags)
+                    bar.update(1)
+        else:
+            done = []
+            for item in items:
+                done.append(_write_image(item))
                 bar.update(1)
+        for (split, image_id, _), flags in zip(jobs, done):
+            ids[split].append(image_id)
+            presence[image_id] = flags
         bar.close()
         main = os.path.join(tmp, "ImageSets", "Main")
         sets = {

@@ -26,7 +26,7 @@ classifier has no fc6/fc7, so the head starts from ``init_seed`` (pool5 SVMs nee
 head; ``tools/finetune_fc.py`` trains it). ``random`` initialises from ``init_seed``;
 anything else is a path to a state-dict file: the project's ``.npz``
 (:func:`save_network`, whose description records the pyramid levels that the fc6 was
-built for: loading it with other ``features.levels`` is an error) or a ``.pth`` (ours or
+built for: loading it with other ``network.levels`` is an error) or a ``.pth`` (ours or
 torchvision's key names).
 """
 from __future__ import annotations
@@ -337,7 +337,7 @@ def spp_fc6_from_6x6(weight_6x6: torch.Tensor, channels: int, levels: Sequence[i
     pyramid, zeros on every level but the (first) 6 x 6 one."""
     levels = tuple(levels)
     if 6 not in levels:
-        raise UserError(f"features.levels {levels} has no 6x6 level to carry the pretrained fc6")
+        raise UserError(f"network.levels {levels} has no 6x6 level to carry the pretrained fc6")
     out = weight_6x6.new_zeros((weight_6x6.shape[0], pyramid_dim(channels, levels)))
     start = channels * sum(n * n for n in levels[: levels.index(6)])
     out[:, start : start + channels * 36] = weight_6x6
@@ -385,8 +385,8 @@ def _check_levels(path: str, levels) -> None:
     except (OSError, ValueError, AttributeError):
         return
     if saved is not None and [int(n) for n in saved] != [int(n) for n in levels]:
-        raise UserError(f"{path}: the network was saved for features.levels {[int(n) for n in saved]}, "
-                        f"the config has features.levels {[int(n) for n in levels]}")
+        raise UserError(f"{path}: the network was saved for network.levels {[int(n) for n in saved]}, "
+                        f"the config has network.levels {[int(n) for n in levels]}")
 
 
 def _from_torchvision_state(name: str, state: dict, trunk: Trunk, head: FCHead, levels) -> None:
@@ -448,9 +448,11 @@ def _load_into(path: str, state: dict, trunk: Trunk, head: FCHead, levels) -> No
         raise UserError(f"{path}: weights do not fit trunk {trunk.name!r} ({first})") from None
 
 
-def build_network(net_cfg, levels: Sequence[int] = (6, 3, 2, 1), num_classes: int | None = None) -> tuple[Trunk, FCHead]:
-    """Trunk and head for a ``NetworkConfig`` (trunk, weights, init_seed, fc_dim, dropout),
-    in eval mode. ``num_classes``: add a (K + 1)-way fc8 when the weights have none."""
+def build_network(net_cfg, levels: Sequence[int] | None = None, num_classes: int | None = None) -> tuple[Trunk, FCHead]:
+    """Trunk and head for a ``NetworkConfig`` (trunk, weights, init_seed, fc_dim, dropout,
+    levels), in eval mode. ``levels``: the pyramid's, in place of ``net_cfg.levels``.
+    ``num_classes``: add a (K + 1)-way fc8 when the weights have none."""
+    levels = tuple(net_cfg.levels if levels is None else levels)
     torch.manual_seed(net_cfg.init_seed)
     trunk = build_trunk(net_cfg.trunk)
     head = FCHead(pyramid_dim(trunk.out_channels, levels), net_cfg.fc_dim, net_cfg.dropout, levels)

@@ -1,5 +1,8 @@
-"""Shared fixtures: a tiny generated VOC-format dataset, made once per test session."""
+"""Shared fixtures, made once per test session (per xdist worker): a tiny generated
+VOC-format dataset and a cheap SPP-net model trained on it (tooling.FAST_MODEL)."""
 import pytest
+
+from tooling import fast_overrides, run_tool
 
 TINY_TRAINVAL = 10
 TINY_TEST = 6
@@ -12,3 +15,15 @@ def synthetic_voc(tmp_path_factory) -> str:
 
     out = tmp_path_factory.mktemp("synthetic")
     return generate_synthetic_voc(str(out), seed=0, num_trainval=TINY_TRAINVAL, num_test=TINY_TEST, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synthetic_voc, tmp_path_factory):
+    """``(out, model_dir, overrides)``: the cheap model trained by ``tools/train_svm.py`` on
+    the tiny dataset's trainval images; caches and outputs under ``out``. Tests that use
+    it leave the model directory as it is (copy it to change it)."""
+    out = tmp_path_factory.mktemp("tiny_model")
+    overrides = fast_overrides(synthetic_voc, out)
+    model = str(out / "model")
+    assert run_tool("train_svm", ["--set", *overrides, "--out", model, "--quiet"]) == 0
+    return out, model, overrides

@@ -1,6 +1,5 @@
 """Bad settings and bad dataset files through the tools: exit code 2 and one line on stderr
 naming the key or the file, never a traceback."""
-import importlib.util
 import os
 import shutil
 
@@ -8,14 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+from tooling import load_tool
 
 
 def run_tool(name, argv, capsys):
     """(exit code, stderr lines) of ``tools/<name>.py main(argv)``."""
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool(name)
     capsys.readouterr()
     rc = module.main(argv)
     return rc, capsys.readouterr().err.splitlines()

@@ -10,18 +10,9 @@ import torch
 from detect.classifiers import CLASSIFIERS, LinearSVMClassifier, SoftmaxClassifier, softmax_from_fc8
 from detect.config import load_config
 from sppcore.errors import UserError
+from tooling import run_tool
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 CLASSES = ("arrow", "bolt", "crescent")
-
-
-def run_tool(name, argv):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
 
 
 def tiny_head(num_outputs, fc_dim=16, std=0.5, seed=0):

@@ -1,6 +1,5 @@
 """COCO-json datasets (detect/coco.py) against VOC on the same images, the dataset
 registry, the dataset interface's identity, and bad COCO input through the tools."""
-import importlib.util
 import json
 import logging
 import os
@@ -13,18 +12,11 @@ import pytest
 from detect.coco import COCODataset
 from sppcore.errors import DatasetError
 from detect.voc import VOCDataset
+from tooling import FAST_MODEL, run_tool
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 # category ids of the converted set: increasing with the VOC label, not contiguous, and
 # listed in the json in reverse, so that labels must come from sorting the ids
 CATEGORY_ID_STEP = 7
-
-
-def run_tool(name, argv):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
 
 
 def voc_to_coco_layout(voc_root, out, image_sets=("trainval", "test")):
@@ -265,7 +257,7 @@ def test_unknown_category_in_data_classes_and_missing_image_are_one_line_errors(
 
 def train_and_test_both_formats(voc_root, coco_root, tmp_path, num_train=None, num_test=None):
     """results.json of test_net by each metric, for a model trained on each format."""
-    fast = ["network.fc_dim=64", "network.weights=random", "features.scales=[300]", "proposals.max_boxes=300"]
+    fast = FAST_MODEL
     limit_train = ["--num-images", str(num_train)] if num_train else []
     limit_test = ["--num-images", str(num_test)] if num_test else []
     results = {}
@@ -309,8 +301,7 @@ def test_an_edited_json_retrains_from_fresh_positives(coco_root, tmp_path, capsy
     root = shutil.copytree(coco_root, tmp_path / "copy")
     model = str(tmp_path / "model")
     argv = ["--set", f"data.root={root}", "data.format=coco", f"cache_dir={tmp_path / 'cache'}",
-            f"output_dir={tmp_path / 'out'}", "network.fc_dim=64", "network.weights=random", "features.scales=[300]",
-            "proposals.max_boxes=300", "--out", model, "--quiet", "--num-images", "4"]
+            f"output_dir={tmp_path / 'out'}", *FAST_MODEL, "--out", model, "--quiet", "--num-images", "4"]
     assert run_tool("train_svm", argv) == 0
     with open(os.path.join(model, "train_report.json")) as f:
         before = json.load(f)["num_positives"]

@@ -19,7 +19,7 @@ from detect.config import (
 def test_defaults_are_the_papers():
     cfg = load_config(None)
     assert cfg.svm.C == 0.001 and cfg.svm.bias_multiplier == 10 and cfg.svm.pos_loss_weight == 2
-    assert cfg.features.levels == (6, 3, 2, 1)
+    assert cfg.network.levels == (6, 3, 2, 1)
     assert cfg.test.nms_iou == 0.3 and cfg.test.max_per_class == 100
     assert cfg.test.score_threshold == -math.inf
 
@@ -91,7 +91,7 @@ def test_section_hash_depends_only_on_its_section():
 
 def test_parse_overrides_nesting():
     assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
-    assert config_to_dict(build_config({}))["features"]["levels"] == [6, 3, 2, 1]
+    assert config_to_dict(build_config({}))["network"]["levels"] == [6, 3, 2, 1]
     assert isinstance(build_config({}), Config)
 
 
@@ -112,6 +112,28 @@ def test_load_over_a_base_config(tmp_path):
     extra.write_text("test:\n  nms_iou: 0.4\n")
     cfg = load_config(str(extra), ["test.max_per_class=5"], base=base)
     assert (cfg.name, cfg.svm.C, cfg.test.nms_iou, cfg.test.max_per_class) == ("trained", 0.5, 0.4, 5)
+
+
+
+def test_a_setting_under_its_earlier_key_is_read_at_its_current_one(tmp_path):
+    # features.levels moved to network.levels: files, overrides and configs saved in model
+    # directories before the move still load, and mean the same
+    old = tmp_path / "old.yaml"
+    old.write_text("features:\n  levels: [4, 2, 1]\n  method: rcnn\n")
+    cfg = load_config(str(old))
+    assert cfg.network.levels == (4, 2, 1) and cfg.features.method == "rcnn"
+    assert "levels" not in config_to_dict(cfg)["features"]
+    assert load_config(None, ["features.levels=[3,1]"]).network.levels == (3, 1)
+    # an override under the earlier key wins over a base config's current one
+    assert load_config(None, ["features.levels=[2,1]"], base=cfg).network.levels == (2, 1)
+    derived = tmp_path / "derived.yaml"
+    derived.write_text("_base_: old.yaml\nnetwork:\n  levels: [6, 1]\n")
+    assert load_config(str(derived)).network.levels == (6, 1)
+    with pytest.raises(ConfigError, match=r"features\.levels: \[4, 2\] conflicts with network\.levels: \[6, 1\]"):
+        build_config({"features": {"levels": [4, 2]}, "network": {"levels": [6, 1]}})
+    assert build_config({"features": {"levels": [6, 1]}, "network": {"levels": [6, 1]}}).network.levels == (6, 1)
+    with pytest.raises(ConfigError, match=r"network\.levels: \[6, 6\] is not allowed"):
+        load_config(None, ["features.levels=[6,6]"])
 
 
 # ----------------------------------------------------------------------------- validation
@@ -160,7 +182,7 @@ def test_no_float_setting_takes_nan_or_inf_and_no_int_setting_minus_one(key, tp,
     [
         ("features.scales=[-300]", "features.scales[0]: -300 is not allowed (a positive integer)"),
         ("features.scales=[]", "features.scales: [] is not allowed (a non-empty list of positive integers)"),
-        ("features.levels=[6, 6]", "features.levels: [6, 6] is not allowed (a non-empty list of distinct"),
+        ("network.levels=[6, 6]", "network.levels: [6, 6] is not allowed (a non-empty list of distinct"),
         ("test.nms_iou=1.5", "test.nms_iou: 1.5 is not allowed (a number in [0, 1])"),
         ("test.score_threshold=nan", "test.score_threshold: nan is not allowed (a finite number or -inf)"),
         ("svm.negative_iou=0", "svm.negative_iou: 0 is not allowed (a number in (0, 1])"),

@@ -9,34 +9,15 @@ import numpy as np
 import pytest
 
 from sppcore.errors import UserError
-
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-
-
-def load_tool(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_tool(name, argv):
-    return load_tool(name).main(argv)
+from tooling import ROOT, TOOLS, load_tool, run_tool
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic_voc, tmp_path_factory):
-    """A cheap model (random fc7 of width 64, 1 scale), and its test run on the 6 test images."""
-    out = tmp_path_factory.mktemp("detector_api")
-    overrides = [
-        f"data.root={synthetic_voc}", f"cache_dir={out / 'cache'}", f"output_dir={out / 'output'}",
-        "network.fc_dim=64", "network.weights=random", "features.scales=[300]", "proposals.max_boxes=300",
-    ]
-    model = str(out / "model")
-    assert run_tool("train_svm", ["--set", *overrides, "--out", model, "--quiet"]) == 0
-    test_dir = str(out / "test")
+def trained(tiny_model):
+    """The session's cheap model (random fc7 of width 64, 1 scale), and its test run on the 6
+    test images."""
+    out, model, _ = tiny_model
+    test_dir = str(out / "test_detector_api")
     assert run_tool("test_net", ["--model", model, "--out", test_dir, "--quiet"]) == 0
     return out, model, test_dir
 
@@ -171,8 +152,9 @@ def test_bad_inputs_are_user_errors(detector):
 def test_load_refuses_a_model_with_other_settings(trained):
     from detect.detector_api import Detector
 
-    with pytest.raises(UserError, match="features.levels"):
-        Detector.load(trained[1], overrides=["features.levels=[4,2,1]"])
+    for override in ("network.levels=[4,2,1]", "features.levels=[4,2,1]"):  # the setting's earlier name too
+        with pytest.raises(UserError, match=r"network\.levels=\[4, 2, 1\] differs from the trained \[6, 3, 2, 1\]"):
+            Detector.load(trained[1], overrides=[override])
     detector = Detector.load(trained[1], overrides=["test.nms_iou=0.5"])
     assert detector.config.test.nms_iou == 0.5 and detector.config.features.device == "cpu"
     assert "Detector(" in repr(detector)

@@ -12,10 +12,9 @@ from detect import distributed
 from detect.distributed import World, proposal_workers, world_from_env
 from sppcore.errors import UserError
 from sppcore.fileio import load_npz
+from tooling import FAST_MODEL, ROOT, run_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN_ENV = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
-FAST = ["network.fc_dim=64", "network.weights=random", "features.scales=[300]", "proposals.max_boxes=300"]
 
 
 # ------------------------------------------------------------------------------ sharding
@@ -107,12 +106,7 @@ def test_proposal_workers_setting_is_in_no_key():
 
 
 def test_compute_proposals_refuses_a_negative_worker_count(capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compute_proposals", os.path.join(ROOT, "tools", "compute_proposals.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.main(["--workers", "-1", "--set", "data.root=/nonexistent"]) == 2
+    assert run_tool("compute_proposals", ["--workers", "-1", "--set", "data.root=/nonexistent"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--workers must be 0 (the cores available) or positive, got -1" in err and "\n" not in err
 
@@ -198,7 +192,7 @@ def test_two_processes_train_and_test_like_one(synthetic_voc, tmp_path):
     runs = {}
     for name, processes in (("one", 1), ("two", 2)):
         out = tmp_path / name
-        overrides = [f"data.root={synthetic_voc}", f"cache_dir={out / 'cache'}", f"output_dir={out}", *FAST]
+        overrides = [f"data.root={synthetic_voc}", f"cache_dir={out / 'cache'}", f"output_dir={out}", *FAST_MODEL]
         if processes > 1:  # the training images' proposals by compute_proposals, the test images' by test_net
             _run(["tools/compute_proposals.py", "--image-set", "trainval", "--set", *overrides], processes)
         stdout, _ = _run(["tools/train_svm.py", "--quiet", "--out", str(out / "model"), "--set", *overrides], processes)

@@ -7,34 +7,19 @@ import numpy as np
 import pytest
 import torch
 
+from tooling import fast_overrides, run_tool
+
 # Ranking each class's proposals at random scores gives mAP 0.006 on the built-in test
 # images; this smaller run (300 pretraining images, 4 epochs, 40 + 40 detection images)
 # measured SPP-net 0.114 at 1 scale, 0.107 at 5 scales and R-CNN 0.127: the floor, 8x
 # chance, sits at about half of each
 CHANCE_MAP = 0.006
 QUICKSTART_MAP_FLOOR = 8 * CHANCE_MAP
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-
-
-def run_tool(name, argv):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic_voc, tmp_path_factory):
-    out = tmp_path_factory.mktemp("e2e")
-    overrides = [
-        f"data.root={synthetic_voc}", f"cache_dir={out / 'cache'}", f"output_dir={out / 'output'}",
-        "network.fc_dim=64", "network.weights=random", "features.scales=[300]", "proposals.max_boxes=300",
-    ]
-    model = str(out / "model")
-    assert run_tool("train_svm", ["--set", *overrides, "--out", model, "--quiet"]) == 0
-    return out, model, overrides
+def trained(tiny_model):
+    return tiny_model
 
 
 def test_train_writes_a_model(trained):
@@ -132,9 +117,7 @@ def test_finetune_tool_writes_a_network_with_fc8(trained, method, capsys):
 @pytest.mark.parametrize("method", ["spp", "rcnn"])
 def test_tools_run_on_a_gpu(synthetic_voc, tmp_path, method):
     overrides = [
-        f"data.root={synthetic_voc}", f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'output'}",
-        "network.fc_dim=64", "network.weights=random", "features.scales=[300]", "proposals.max_boxes=300",
-        "proposals.backend=selectivesearch", f"features.method={method}", "features.rcnn_crop_size=64",
+        *fast_overrides(synthetic_voc, tmp_path), "proposals.backend=selectivesearch", f"features.method={method}", "features.rcnn_crop_size=64",
         "features.device=cuda",
     ]
     model = str(tmp_path / "model")

@@ -20,20 +20,9 @@ import pytest
 
 from sppcore.faults import KILL_ENV
 from sppcore.fileio import load_npz
+from tooling import FAST_MODEL, ROOT, TOOLS, run_tool
 
 pytestmark = pytest.mark.slow
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(ROOT, "tools")
-
-
-def run_tool(name, argv):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
 
 
 def killed(name, argv, at):
@@ -65,7 +54,7 @@ def world(synthetic_voc, tmp_path_factory):
     data = str(out / "VOC2007")
     shutil.copytree(synthetic_voc, data)
     overrides = [f"data.root={data}", f"cache_dir={out / 'cache'}", f"output_dir={out / 'output'}",
-                 "network.fc_dim=64", "network.weights=random", "features.scales=[300]", "proposals.max_boxes=300"]
+                 *FAST_MODEL]
     model = str(out / "model")
     assert run_tool("train_svm", ["--set", *overrides, "--out", model, "--quiet"]) == 0
     assert run_tool("test_net", ["--model", model, "--out", str(out / "test"), "--quiet"]) == 0
@@ -327,7 +316,7 @@ def test_damaged_model_directory_is_one_line_exit_2(world, tmp_path, capsys, dam
 
 
 @pytest.mark.parametrize("override, key", [("features.method=rcnn", "features.method"),
-                                           ("features.levels=[1,2,3,6]", "features.levels")])
+                                           ("network.levels=[1,2,3,6]", "network.levels")])
 def test_settings_that_must_match_the_model(world, tmp_path, capsys, override, key):
     capsys.readouterr()
     argv = ["--model", world["model"], "--out", str(tmp_path / "t"), "--quiet", "--set", override]

@@ -1,15 +1,7 @@
 import json
 import os
 
-
-def run_tool(name, argv):
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+from tooling import run_tool
 
 
 def settings(voc_root, tmp_path):

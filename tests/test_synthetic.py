@@ -24,6 +24,9 @@ def test_deterministic_for_a_seed(tmp_path, synthetic_voc):
     assert digest(again) == digest(synthetic_voc)
     other = generate_synthetic_voc(str(tmp_path / "b"), seed=1, num_trainval=10, num_test=6, progress=False)
     assert digest(other) != digest(synthetic_voc)
+    # drawn by two processes: the same files
+    two = generate_synthetic_voc(str(tmp_path / "c"), seed=0, num_trainval=10, num_test=6, progress=False, workers=2)
+    assert digest(two) == digest(synthetic_voc)
 
 
 def test_layout_complete_and_readable(synthetic_voc):

@@ -222,13 +222,13 @@ def test_network_remembers_its_pyramid_levels(tmp_path):
     path = save_network(trunk, head, str(tmp_path / "net.npz"))
     with open(path + ".json", encoding="utf-8") as f:
         assert json.load(f)["levels"] == [6, 3, 2, 1]
-    message = r"features\.levels \[6, 3, 2, 1\].*features\.levels \[1, 2, 3, 6\]"
+    message = r"network\.levels \[6, 3, 2, 1\].*network\.levels \[1, 2, 3, 6\]"
     with pytest.raises(UserError, match=message) as info:
         load_network(path, levels=(1, 2, 3, 6))
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match=message):
-        build_network(NetworkConfig(trunk="compact", fc_dim=16, weights=path), levels=(1, 2, 3, 6))
-    with pytest.raises(UserError, match="features.levels"):
+        build_network(NetworkConfig(trunk="compact", fc_dim=16, weights=path, levels=(1, 2, 3, 6)))
+    with pytest.raises(UserError, match="network.levels"):
         load_network(path, levels=(4, 2, 1))
     load_network(path, levels=(6, 3, 2, 1))  # the saved levels load
     # a file saved before levels were recorded loads as before
