@@ -7,9 +7,11 @@ STAMP := $(VENV)/.sppdet-installed
 
 .PHONY: quickstart test test-slow bench clean-cache
 
+# --no-compile: no bytecode up front for the 6 GB of PyTorch's CUDA build (94 s against
+# 141 s for the installation here); Python compiles the modules it imports, once.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-compile -e '.[test]'
 	touch $(STAMP)
 
 quickstart: $(STAMP)

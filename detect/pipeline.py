@@ -107,9 +107,8 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
     try:
         log.info("training %s on %s/%s: %d images, %d classes", cfg.name, cfg.data.root,
                  cfg.data.train_set, len(dataset), len(dataset.classes))
-        t0 = time.perf_counter()
-        store = build_proposal_store(cfg, dataset, progress)
-        t_prop = time.perf_counter() - t0
+        # one process: the proposals are computed while the features of the first images are
+        store = build_proposal_store(cfg, dataset, progress, background=not world.parallel)
         if world.parallel:
             # the per-image part of training, in parallel; the mining pass is sequential
             features.fill_conv_cache(dataset, world.shard(dataset.image_ids), progress)
@@ -119,7 +118,7 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
         work_dir = os.path.join(out_dir, "work")
         _reset_stale_work_dir(work_dir, cfg, identity, model_key["network"])
         result = train_detector(cfg, dataset, store, features.feature_fn(dataset), work_dir, progress)
-        result.report["seconds"]["proposals"] = t_prop
+        result.report["seconds"]["proposals"] = store.wait().fill_seconds
         # from here on the directory is rewritten: unsealed until the new model is complete
         unseal_directory(out_dir)
         network_file = features.save_network_if_needed(out_dir)
@@ -240,7 +239,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
     os.makedirs(out_dir, exist_ok=True)
     if world.is_main:
         save_config(cfg, os.path.join(out_dir, "config.yaml"))
-    store = build_proposal_store(cfg, dataset, progress)
+    store = build_proposal_store(cfg, dataset, progress, background=not world.parallel)
     # what every image's detections depend on besides the image itself; test.metric only
     # changes how they are scored, so it stays out (a cache written before the setting
     # existed keeps its key)
@@ -256,6 +255,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
             return None, out_dir
     dets, timings = run_test(detector.detect_with_timings, dataset, store, dataset.image_ids, out_dir, progress,
                              key=det_key)
+    store.wait()
     write_voc_results(out_dir, cfg.data.test_set, model.classes, dataset.image_ids,
                       [d.boxes for d in dets], [d.labels for d in dets], [d.scores for d in dets])
     ev = _evaluate(cfg.test.metric, dets, dataset, model.classes)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -44,8 +45,9 @@ class ProposalBackend:
         """What the store's entries depend on besides the settings and the versions."""
         return {}
 
-    def fill(self, cfg: ProposalConfig, todo: Sequence[Todo], workers: int, done: Callable[[], None]) -> None:
-        """Write the entries of ``todo`` (atomically, one by one), calling ``done()`` after each."""
+    def fill(self, cfg: ProposalConfig, todo: Sequence[Todo], workers: int, done: Callable[[str], None]) -> None:
+        """Write the entries of ``todo`` (atomically, one by one), calling ``done(image_id)``
+        after each."""
         raise NotImplementedError
 
 
@@ -72,16 +74,19 @@ class ComputedBackend(ProposalBackend):
     """Selective search (:func:`proposals.selective_search.compute_proposals`) per image."""
 
     def fill(self, cfg, todo, workers, done):
-        if workers > 1 and len(todo) > 1:
+        # worker processes; also a single one when filling from a background thread, so
+        # that the selective search's Python loops never hold the caller's interpreter lock
+        in_background = threading.current_thread() is not threading.main_thread()
+        if (workers > 1 and len(todo) > 1) or in_background:
             ctx = mp.get_context("spawn")  # safe whatever threads the parent runs
             with ctx.Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
-                for n, _ in enumerate(pool.imap_unordered(_compute_one, todo, chunksize=1)):
-                    done()
+                # in order: a store filled in the background is read in the images' order
+                for n, image_id in enumerate(pool.imap(_compute_one, todo, chunksize=1)):
+                    done(image_id)
                     kill_point("proposals", n)
         else:
             for n, item in enumerate(todo):
-                _compute_one(item)
-                done()
+                done(_compute_one(item))
                 kill_point("proposals", n)
 
 
@@ -116,7 +121,7 @@ class RcnnMatBackend(ProposalBackend):
                 _, _, _, directory, key, digest = missing.pop(image_id)
                 KeyedEntries(directory, key).save(image_id, digest, boxes=boxes[: cfg.max_boxes],
                                                   seconds=np.float64(np.nan))
-                done()
+                done(image_id)
             if not missing:
                 return
         first = sorted(missing)[0]

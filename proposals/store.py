@@ -19,6 +19,13 @@ progress bar; every image's entry is written atomically as soon as it is done, s
 interrupted build resumes with the images still missing, and two processes building the
 same store at once never corrupt it.
 
+With ``background=True`` the missing entries are computed by a thread of the process
+(its worker processes doing the work) while the caller goes on: ``store[image_id]`` waits
+for that image's entry only, so a caller that reads the images in order (feature
+extraction, testing) works on the first images while the later ones' proposals are being
+computed. :meth:`ProposalStore.wait` waits for every entry and raises the fill's error,
+if any.
+
 With ``backend = "rcnn_mat"`` nothing is computed: the boxes come from R-CNN's published
 ``.mat`` files (``cfg.mat_path``, see :mod:`proposals.matfile`), capped at ``max_boxes``
 in the file's order. Their compute time is unknown: :meth:`ProposalStore.seconds` gives
@@ -27,6 +34,8 @@ NaN for them.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -78,6 +87,13 @@ class ProposalStore:
         self._entries = KeyedEntries(directory, key, what="proposal cache entry")
         self._digests = dict(zip(self.image_ids, digests))
         self._index = set(self.image_ids)
+        # a fill running in the background: the images still missing, its error, its thread
+        self._pending: set[str] = set()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._changed = threading.Condition()
+        #: wall seconds the missing entries took to compute (0 when none was missing)
+        self.fill_seconds = 0.0
 
     @staticmethod
     def cache_key(cfg: ProposalConfig) -> dict:
@@ -96,8 +112,11 @@ class ProposalStore:
         cache_root: str,
         workers: int = 2,
         progress: bool = True,
+        background: bool = False,
     ) -> "ProposalStore":
-        """Compute (or find) the proposals of every image; returns the store."""
+        """Compute (or find) the proposals of every image; returns the store. With
+        ``background``, returns at once while a thread computes the missing entries
+        (module docstring)."""
         if len(image_ids) != len(image_paths):
             raise ValueError("image_ids and image_paths differ in length")
         backend = _backend(cfg)
@@ -112,15 +131,68 @@ class ProposalStore:
                      len(image_ids), directory)
             bar = tqdm(total=len(image_ids), initial=len(image_ids) - len(todo),
                        desc=f"proposals {cfg.backend}", disable=not progress)
+            if background:
+                store._fill_in_background(lambda done: backend.fill(cfg, todo, workers, done),
+                                          [item[0] for item in todo], bar)
+                return store
+            t0 = time.perf_counter()
             try:
-                backend.fill(cfg, todo, workers, lambda: bar.update(1))
+                backend.fill(cfg, todo, workers, lambda image_id: bar.update(1))
             finally:
                 bar.close()
+            store.fill_seconds = time.perf_counter() - t0
         return store
+
+    def _fill_in_background(self, fill, image_ids: Sequence[str], bar) -> None:
+        self._pending = set(image_ids)
+
+        def done(image_id: str) -> None:
+            with self._changed:
+                self._pending.discard(image_id)
+                self._changed.notify_all()
+            bar.update(1)
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                fill(done)
+                self.fill_seconds = time.perf_counter() - t0
+            except BaseException as e:  # handed to the reader, in its thread
+                with self._changed:
+                    self._error = e
+            finally:
+                bar.close()
+                with self._changed:
+                    self._thread = None
+                    self._changed.notify_all()
+
+        with self._changed:
+            self._thread = threading.Thread(target=run, name="proposals", daemon=True)
+        self._thread.start()
+
+    def _wait_for(self, image_id: str | None = None) -> None:
+        """Until ``image_id``'s entry (None: every entry) is written by a background fill;
+        raises the fill's error, or a :class:`ProposalError` when the fill ended without it."""
+        with self._changed:
+            while self._thread is not None and (image_id in self._pending if image_id else self._pending):
+                self._changed.wait()
+            missing = (image_id in self._pending) if image_id else bool(self._pending)
+            if missing and self._error is not None:
+                raise self._error
+            if missing:
+                raise ProposalError(f"{self.directory}: proposals of {image_id or sorted(self._pending)[0]} "
+                                    "were not computed")
+
+    def wait(self) -> "ProposalStore":
+        """Every entry written (a background fill finished); raises the fill's error."""
+        self._wait_for(None)
+        return self
 
     def _load(self, image_id: str) -> dict:
         if image_id not in self._index:
             raise KeyError(f"{image_id}: not in this proposal store")
+        if self._pending:
+            self._wait_for(image_id)
         arrays = self._entries.load(image_id, self._digests.get(image_id, ""))
         if arrays is None:
             raise ProposalError(f"{self._entries.path(image_id)}: proposal cache entry missing or changed "
