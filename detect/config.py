@@ -401,6 +401,7 @@ RULES: dict[str, Any] = {
     "proposals.ss_min_size": NON_NEGATIVE_INT,
     "proposals.mat_path": text(non_empty=False),
     "proposals.workers": NON_NEGATIVE_INT,
+    "proposals.overlap": BOOL,
     "network.trunk": Choice(TRUNK_NAMES, "trunk"),
     "network.weights": text(),
     "network.init_seed": SEED,

@@ -16,7 +16,8 @@ How the work is split, identically for every tool:
 3. rank 0 does the sequential rest reading every entry back (all present, none
    recomputed): SVM training (positives and the hard-negative mining pass, which adds
    each image's hard negatives to a cache the SVMs are retrained on, so the images'
-   order matters), box regression, sealing the model directory, evaluation,
+   order matters), box regression, fine-tuning's SGD steps, sealing the model or
+   network directory, evaluation,
    ``results.json``; the other processes wait at the final barrier (:func:`finish`)
    and exit 0.
 

@@ -107,8 +107,8 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
     try:
         log.info("training %s on %s/%s: %d images, %d classes", cfg.name, cfg.data.root,
                  cfg.data.train_set, len(dataset), len(dataset.classes))
-        # one process: the proposals are computed while the features of the first images are
-        store = build_proposal_store(cfg, dataset, progress, background=not world.parallel)
+        # proposals.overlap: computed in the background while the first images' features are
+        store = build_proposal_store(cfg, dataset, progress)
         if world.parallel:
             # the per-image part of training, in parallel; the mining pass is sequential
             features.fill_conv_cache(dataset, world.shard(dataset.image_ids), progress)
@@ -239,7 +239,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
     os.makedirs(out_dir, exist_ok=True)
     if world.is_main:
         save_config(cfg, os.path.join(out_dir, "config.yaml"))
-    store = build_proposal_store(cfg, dataset, progress, background=not world.parallel)
+    store = build_proposal_store(cfg, dataset, progress)
     # what every image's detections depend on besides the image itself; test.metric only
     # changes how they are scored, so it stays out (a cache written before the setting
     # existed keeps its key)
@@ -469,17 +469,25 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     finetune settings, the seed, the training images and annotations, the starting
     weights): a finished fine-tuning of the same key is reused as it is, anything else
     (other settings, an interrupted run, a file edited since) trains again, resuming from
-    its checkpoint when that belongs to the same key."""
+    its checkpoint when that belongs to the same key.
+
+    Under torchrun (:mod:`detect.distributed`) every process computes the proposals and
+    SPP-net's conv5 cache entries of its shard of the images; after a barrier rank 0
+    fine-tunes (the SGD steps are sequential) reading them back, and returns what one
+    process returns; the other processes return ``(out_path, None)`` and wait for rank 0
+    at the final barrier (:func:`detect.distributed.finish`)."""
     import json
 
     import torch
 
+    from detect import distributed
     from detect.feature_sources import WindowFeatures, network_digest
     from detect.finetune import finetune_head
     from detect.trunks import save_network
     from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
 
-    _refuse_torchrun("fine-tuning", "tools/finetune_fc.py")
+    world = distributed.init(cfg.features.device)
+    progress = progress and world.is_main
     out_path = out_path or os.path.join(cfg.output_dir, cfg.name, "finetune", "network.npz")
     out_dir = os.path.dirname(os.path.abspath(out_path))
     report_path = os.path.splitext(out_path)[0] + "_report.json"
@@ -497,11 +505,17 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     if manifest is not None and manifest["key"] == stable_hash(key) and set(manifest["files"]) == set(sealed_files):
         log.info("fine-tuning: reusing %s (fine-tuned with the same settings, data and network)", out_path)
         with open(report_path, encoding="utf-8") as f:
-            return out_path, json.load(f)
+            return out_path, (json.load(f) if world.is_main else None)
+    store = build_proposal_store(cfg, dataset, progress)
+    if world.parallel:
+        # the per-image part in parallel: conv5 maps of SPP-net's training images
+        features.fill_conv_cache(dataset, world.shard(dataset.image_ids), progress)
+        distributed.barrier()
+        if not world.is_main:
+            return out_path, None
     os.makedirs(out_dir, exist_ok=True)
     unseal_directory(out_dir)
     save_config(cfg, os.path.join(out_dir, "config.yaml"))
-    store = build_proposal_store(cfg, dataset, progress)
     # what the extractor pools windows from: SPP-net the cached conv5 maps, R-CNN the image
     source = features.source_fn(dataset)
 

@@ -7,7 +7,7 @@ import os
 from detect.config import Config
 from sppcore.errors import UserError
 
-__all__ = ["open_dataset", "build_proposal_store", "prefetch_proposals", "proposal_key"]
+__all__ = ["open_dataset", "build_proposal_store", "proposal_key"]
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,14 @@ def open_dataset(cfg: Config, image_set: str, num_images: int | None = None):
 
 
 def build_proposal_store(cfg: Config, dataset, progress: bool = True, workers: int | None = None,
-                         background: bool = False):
+                         background: bool | None = None):
     """The proposal store of ``dataset``'s images, computing the missing ones with
     ``workers`` processes (default ``proposals.workers``; 0: the cores this process may
-    use, see :func:`detect.distributed.proposal_workers`). With ``background`` (one
-    process only), returns at once while they are computed, each image's entry awaited
-    when it is read (:class:`proposals.store.ProposalStore`): the caller then runs its
-    network on the first images while the proposals of the later ones are computed; it
-    calls the store's ``wait()`` when done.
+    use, see :func:`detect.distributed.proposal_workers`). With ``background`` (default
+    ``proposals.overlap``; one process only), returns at once while they are computed,
+    each image's entry awaited when it is read (:class:`proposals.store.ProposalStore`):
+    the caller then runs its network on the first images while the proposals of the later
+    ones are computed; it calls the store's ``wait()`` when done.
 
     Under torchrun every process must call it (it waits at a barrier): each computes its
     shard of the images, then rank 0 gets the store of every image and the others the
@@ -57,6 +57,7 @@ def build_proposal_store(cfg: Config, dataset, progress: bool = True, workers: i
 
     world = distributed.current()
     workers = distributed.proposal_workers(cfg.proposals.workers if workers is None else workers, world)
+    background = (cfg.proposals.overlap if background is None else background) and not world.parallel
 
     def build(ids, background=False):
         return ProposalStore.build(
@@ -68,26 +69,6 @@ def build_proposal_store(cfg: Config, dataset, progress: bool = True, workers: i
     shard = build(world.shard(dataset.image_ids))
     distributed.barrier()
     return build(list(dataset.image_ids)) if world.is_main else shard
-
-
-def prefetch_proposals(cfg: Config, datasets, workers: int = 1):
-    """Start computing the proposals of every image of ``datasets`` that the cache lacks,
-    with ``workers`` processes, in the background (one process only, not under
-    torchrun); returns the store, whose ``wait()`` waits for them. What needs no network
-    can run while one trains: the built-in default computes its detection images'
-    proposals while the trunk pretrains (:mod:`tools.quickstart`), and every later stage
-    finds them in the cache."""
-    from proposals import ProposalStore
-
-    ids, paths, seen = [], [], set()
-    for dataset in datasets:
-        for image_id in dataset.image_ids:
-            if image_id not in seen:
-                seen.add(image_id)
-                ids.append(image_id)
-                paths.append(dataset.image_path(image_id))
-    return ProposalStore.build(cfg.proposals, ids, paths, cache_root=os.path.join(cfg.cache_dir, "proposals"),
-                               workers=workers, progress=False, background=True)
 
 
 def proposal_key(cfg: Config) -> str:

@@ -31,3 +31,8 @@ class ProposalConfig:
     # processes computing proposals; 0: the cores this process may use (its share of them
     # under torchrun). How fast, not what: no cache key holds it
     workers: int = 0
+    # train_svm / test_net / finetune_fc in one process: compute the missing proposals in
+    # the background while the network runs on the images whose proposals are ready. The
+    # wall time drops a little, but the seconds per stage then include the two sharing the
+    # cores: off for timing comparisons. How fast, not what: no cache key holds it
+    overlap: bool = False

@@ -56,7 +56,7 @@ CACHE_VERSION = 3
 
 
 # settings that change how fast proposals are computed, not which: kept out of the key
-SPEED_SETTINGS = ("workers",)
+SPEED_SETTINGS = ("workers", "overlap")
 
 
 def _config_dict(cfg: ProposalConfig) -> dict:
@@ -174,7 +174,8 @@ class ProposalStore:
         """Until ``image_id``'s entry (None: every entry) is written by a background fill;
         raises the fill's error, or a :class:`ProposalError` when the fill ended without it."""
         with self._changed:
-            while self._thread is not None and (image_id in self._pending if image_id else self._pending):
+            # one entry: until it is written; every entry: until the fill has ended
+            while self._thread is not None and (image_id in self._pending if image_id else True):
                 self._changed.wait()
             missing = (image_id in self._pending) if image_id else bool(self._pending)
             if missing and self._error is not None:

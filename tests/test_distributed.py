@@ -78,8 +78,7 @@ def test_nccl_without_a_gpu_is_refused_in_one_line():
     assert distributed.current() == distributed.SINGLE  # nothing half-initialised
 
 
-@pytest.mark.parametrize("stage, message", [("run_finetuning", "fine-tuning runs as one process"),
-                                            ("run_pretraining", "pretraining runs as one process")])
+@pytest.mark.parametrize("stage, message", [("run_pretraining", "pretraining runs as one process")])
 def test_sequential_stages_are_refused_under_torchrun(monkeypatch, stage, message):
     from detect import pipeline
     from detect.config import load_config
@@ -215,6 +214,29 @@ def test_two_processes_train_and_test_like_one(synthetic_voc, tmp_path):
     for key, values in one["detections"].items():
         assert np.array_equal(values, two["detections"][key]), key
     assert one["results"]["map"] == two["results"]["map"] and one["results"]["ap_per_class"] == two["results"]["ap_per_class"]
+
+
+@pytest.mark.slow
+def test_two_processes_fine_tune_like_one(synthetic_voc, tmp_path):
+    """finetune_fc under torchrun (2 processes, gloo): the shards' proposals and conv5
+    maps, then rank 0's SGD: the network one process gives, bit for bit."""
+    import torch
+
+    from detect.trunks import load_network
+
+    networks = {}
+    for name, processes in (("one", 1), ("two", 2)):
+        out = tmp_path / name
+        overrides = [f"data.root={synthetic_voc}", f"cache_dir={out / 'cache'}", f"output_dir={out}", *FAST_MODEL,
+                     "finetune.iterations=12", "finetune.batch_size=32"]
+        stdout, stderr = _run(["tools/finetune_fc.py", "--quiet", "--out", str(out / "ft" / "network.npz"),
+                               "--set", *overrides], processes)
+        assert stdout.count("fine-tuned 12 iterations") == 1
+        if processes > 1:  # each process computed the proposals of its 5 training images
+            assert stderr.count("5 of 5 images to compute") == 1 and "of 10 images to compute" not in stderr
+        networks[name] = load_network(str(out / "ft" / "network.npz"))
+    for (k, a), (k2, b) in zip(networks["one"][1].state_dict().items(), networks["two"][1].state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
 
 
 # ------------------------------------------------------------------------- bench/scale.py

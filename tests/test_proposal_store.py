@@ -1,4 +1,6 @@
 """The proposal store's keys: entries per image, shared by subsets and supersets."""
+import os
+
 import cv2
 import numpy as np
 
@@ -123,17 +125,20 @@ def test_a_background_fill_computes_in_worker_processes_what_one_process_does(tm
     back.wait()
 
 
-def test_prefetched_proposals_are_the_ones_every_later_stage_reads(synthetic_voc, tmp_path, monkeypatch):
-    import proposals.backends as ps
-    from detect.config import load_config
-    from detect.stages import build_proposal_store, open_dataset, prefetch_proposals
+def test_proposals_overlap_fills_the_store_in_the_background_with_the_same_entries(synthetic_voc, tmp_path):
+    from detect.config import load_config, keyed_settings
+    from detect.stages import build_proposal_store, open_dataset
 
-    cfg = load_config(None, [f"data.root={synthetic_voc}", f"cache_dir={tmp_path}", "proposals.max_side=200"])
-    sets = [open_dataset(cfg, "trainval", 3), open_dataset(cfg, "test", 2)]
-    prefetched = prefetch_proposals(cfg, sets + [sets[1]]).wait()
-    assert len(prefetched) == 5
-    monkeypatch.setattr(ps, "_compute_one", lambda item: (_ for _ in ()).throw(AssertionError(item[0])))
-    for dataset in sets:  # found in the cache: nothing is computed again
-        store = build_proposal_store(cfg, dataset, progress=False)
-        for image_id in dataset.image_ids:
-            np.testing.assert_array_equal(store[image_id], prefetched[image_id])
+    settings = [f"data.root={synthetic_voc}", "proposals.max_side=200"]
+    plain = load_config(None, [*settings, f"cache_dir={tmp_path / 'plain'}"])
+    overlap = load_config(None, [*settings, f"cache_dir={tmp_path / 'overlap'}", "proposals.overlap=true"])
+    # how fast, not what: in no key
+    assert keyed_settings(plain)["proposals"] == keyed_settings(overlap)["proposals"]
+    dataset = open_dataset(plain, "test", 3)
+    one = build_proposal_store(plain, dataset, progress=False)
+    assert one._thread is None and not one._pending
+    back = build_proposal_store(overlap, dataset, progress=False)
+    for image_id in dataset.image_ids:
+        np.testing.assert_array_equal(back[image_id], one[image_id])
+    assert back.wait().fill_seconds > 0
+    assert os.path.basename(back.directory) == os.path.basename(one.directory)  # the same key

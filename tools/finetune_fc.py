@@ -5,8 +5,9 @@ if missing); R-CNN (``features.method=rcnn``) warps each sampled window and runs
 frozen conv layers. The paper's sampling (IoU [0.5, 1] positives, [0.1, 0.5) negatives,
 25% positives per mini-batch). Writes the
 network (default ``<output_dir>/<name>/finetune/network.npz``); SVMs then train on the
-fine-tuned fc7 with ``--set network.weights=<that file>``. One process only (its SGD steps
-are sequential): refused under torchrun.
+fine-tuned fc7 with ``--set network.weights=<that file>``. Under torchrun the processes
+compute the proposals and SPP-net's conv5 maps of their shares of the images, then rank 0
+fine-tunes (the SGD steps are sequential): the network one process gives.
 
 Example::
 
@@ -35,9 +36,13 @@ def main(argv=None) -> int:
     def body() -> int:
         setup_logging()
         cfg = config_from_args(args)
+        from detect import distributed
         from detect.pipeline import run_finetuning
 
         path, report = run_finetuning(cfg, out_path=args.out, progress=not args.quiet)
+        distributed.finish()
+        if report is None:  # a process other than rank 0 under torchrun
+            return 0
         print(f"fine-tuned {report['iterations']} iterations in {report['seconds']:.0f} s: "
               f"running loss {report['final_loss']:.3f}, accuracy {report['final_accuracy']:.3f}")
         print(f"network written to {path}; train SVMs on it with --set network.weights={path}")

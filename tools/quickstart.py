@@ -101,16 +101,8 @@ def main(argv=None) -> int:
                                    progress=progress)
         t_data = time.perf_counter()
 
-        from detect.stages import open_dataset, prefetch_proposals
-
-        # the detection images' proposals need no network: one worker process computes them
-        # while the trunk pretrains (its own loop leaves a core partly idle between steps)
-        detection_sets = [open_dataset(cfg, cfg.data.train_set), open_dataset(cfg, cfg.data.test_set)]
-        prefetch = prefetch_proposals(cfg, detection_sets, workers=1)
         report = run_pretraining(cfg, progress=progress)
         t_pretrain = time.perf_counter()
-        prefetch.wait()
-        t_proposals = time.perf_counter()
         weights = pretrained_network_path(cfg)
         base = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, weights=weights))
         out_root = os.path.join(cfg.output_dir, cfg.name)
@@ -135,7 +127,9 @@ def main(argv=None) -> int:
                          "results": os.path.join(out_dir, "results.json")})
         t_test = time.perf_counter()
 
-        test_set = detection_sets[1]
+        from detect.stages import open_dataset
+
+        test_set = open_dataset(cfg, cfg.data.test_set)
         image_path = test_set.image_path(test_set.image_ids[0])
         demo_png = os.path.join(out_root, "demo.png")
         dets, _ = demo(spp_model, image_path, demo_png, threshold=DEMO_THRESHOLD, top=DEMO_TOP)
@@ -147,9 +141,7 @@ def main(argv=None) -> int:
             "table": rows,
             "pretrain_val_accuracy": runs_report[0].get("val_accuracy"),
             "pretrain_val_image_accuracy": runs_report[0].get("val_image_accuracy"),
-            # proposals: what they took beyond pretraining, which they ran beside
-            "seconds": {"data": t_data - t_start, "pretrain": t_pretrain - t_data,
-                        "proposals": t_proposals - t_pretrain, "train": t_train - t_proposals,
+            "seconds": {"data": t_data - t_start, "pretrain": t_pretrain - t_data, "train": t_train - t_pretrain,
                         "test": t_test - t_train, "demo": t_end - t_test, "total": t_end - t_start},
             "demo": demo_png, "pretrained_network": weights,
         }
