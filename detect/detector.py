@@ -80,7 +80,7 @@ def detections_from_scores(
             continue
         b = boxes[keep] if class_boxes is None else class_boxes[keep, k]
         b = clip_boxes(b, height, width)
-        kept = nms(b, s[keep], nms_iou)[:max_per_class]
+        kept = nms(b, s[keep], nms_iou, max_keep=max_per_class)
         out_boxes.append(b[kept])
         out_scores.append(s[keep][kept])
         out_labels.append(np.full(len(kept), k, dtype=np.int64))

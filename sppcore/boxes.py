@@ -112,33 +112,49 @@ def clip_boxes(boxes, height: int, width: int) -> np.ndarray:
     return b
 
 
-def nms(boxes, scores, iou_thresh: float) -> np.ndarray:
+# candidates per step of :func:`nms`: their IoUs with each other and with the boxes kept
+# so far are computed at once
+NMS_BLOCK = 256
+
+
+def nms(boxes, scores, iou_thresh: float, max_keep: int | None = None) -> np.ndarray:
     """Greedy non-maximum suppression; returns kept indices (int64) by descending score.
 
     A box is suppressed when its IoU with a kept, higher-scoring box is ``> iou_thresh``
     (R-CNN's ``nms.m`` convention). Ties in score keep the lower index first (stable sort).
-    Reference: :func:`nms_reference`.
+    With ``max_keep``, stops after the first ``max_keep`` kept boxes: exactly the first
+    ``max_keep`` of the whole result (a box's fate depends only on the boxes kept before
+    it), in a fraction of the time (the detector keeps 100 per class of 2,000 windows).
+
+    The boxes are taken in score order, :data:`NMS_BLOCK` at a time: one :func:`box_iou`
+    of the block with the boxes kept so far and one of the block with itself, then the
+    greedy pass over the block reads those matrices. The IoUs are the reference's to the
+    bit (the same formula), so the result is :func:`nms_reference`'s.
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(b) == 0:
         return np.zeros((0,), dtype=np.int64)
     order = np.argsort(-s, kind="stable")
-    areas = box_area(b)
-    keep = []
-    while order.size > 0:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        ix1 = np.maximum(b[i, 0], b[rest, 0])
-        iy1 = np.maximum(b[i, 1], b[rest, 1])
-        ix2 = np.minimum(b[i, 2], b[rest, 2])
-        iy2 = np.minimum(b[i, 3], b[rest, 3])
-        inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-        union = areas[i] + areas[rest] - inter
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-        order = rest[iou <= iou_thresh]
-    return np.asarray(keep, dtype=np.int64)
+    b = b[order]
+    limit = len(b) if max_keep is None else int(max_keep)
+    keep: list[int] = []  # positions in score order
+    for start in range(0, len(b), NMS_BLOCK):
+        if len(keep) >= limit:
+            break
+        block = b[start : start + NMS_BLOCK]
+        alive = np.ones(len(block), dtype=bool)
+        if keep:
+            alive &= ~(box_iou(b[keep], block) > iou_thresh).any(axis=0)
+        suppresses = box_iou(block, block) > iou_thresh
+        for j in range(len(block)):
+            if not alive[j]:
+                continue
+            keep.append(start + j)
+            if len(keep) >= limit:
+                break
+            alive[j + 1 :] &= ~suppresses[j, j + 1 :]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 def nms_reference(boxes, scores, iou_thresh: float) -> np.ndarray:

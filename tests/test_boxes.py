@@ -68,7 +68,28 @@ def test_nms_matches_reference(seed):
     boxes = np.concatenate([xy, xy + rng.uniform(5, 50, size=(60, 2))], axis=1)
     scores = rng.integers(0, 10, size=60).astype(np.float32)  # many ties
     for thresh in (0.0, 0.3, 0.5, 0.7):
-        np.testing.assert_array_equal(nms(boxes, scores, thresh), nms_reference(boxes, scores, thresh))
+        ref = nms_reference(boxes, scores, thresh)
+        np.testing.assert_array_equal(nms(boxes, scores, thresh), ref)
+        for max_keep in (0, 1, 5, len(ref), len(ref) + 3):  # stopping early: the first ones of the whole result
+            np.testing.assert_array_equal(nms(boxes, scores, thresh, max_keep=max_keep), ref[:max_keep])
+
+
+def test_nms_in_blocks_matches_reference(monkeypatch):
+    # 200 boxes in blocks of every size: suppression across blocks, ties, identical boxes
+    import sppcore.boxes as boxes_module
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 150, size=(200, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 60, size=(200, 2))], axis=1)
+    boxes[150:160] = boxes[10]  # duplicates: IoU exactly 1
+    boxes[160:165, 2:] = boxes[160:165, :2]  # empty boxes: union 0 where they meet each other
+    scores = rng.integers(0, 30, size=200).astype(np.float32)
+    for thresh in (0.0, 0.3, 0.7):
+        ref = nms_reference(boxes, scores, thresh)
+        for block in (1, 7, 64, 256):
+            monkeypatch.setattr(boxes_module, "NMS_BLOCK", block)
+            np.testing.assert_array_equal(nms(boxes, scores, thresh), ref)
+            np.testing.assert_array_equal(nms(boxes, scores, thresh, max_keep=40), ref[:40])
 
 
 def test_clip():
