@@ -7,7 +7,9 @@
 * :mod:`sppcore.fileio`: atomic writes, stable hashes, keyed cache entries, sealed
   directories;
 * :mod:`sppcore.faults`: the kill points of the fault-injection tests;
-* :mod:`sppcore.images`: reading an image file as RGB uint8.
+* :mod:`sppcore.images`: reading an image file as RGB uint8;
+* :mod:`sppcore.kernels`: torch's CPU kernels capped at AVX2 (the same figures on every
+  x86 machine), set before torch is imported.
 
 Dependencies point one way: ``sppcore`` imports nothing from ``detect``, ``proposals``
 or ``svm``; ``proposals`` and ``svm`` import ``sppcore`` and never ``detect``; ``detect``

@@ -24,7 +24,7 @@ FORBIDDEN = {
     "detect": set(),
 }
 # what sppcore holds; no other package keeps a module of the same name
-SHARED_MODULES = ("boxes", "errors", "fileio", "faults", "images", "matcher")
+SHARED_MODULES = ("boxes", "errors", "fileio", "faults", "images", "kernels", "matcher")
 
 
 def package_modules(root, package):

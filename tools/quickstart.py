@@ -136,6 +136,9 @@ def main(argv=None) -> int:
         t_end = time.perf_counter()
 
         table = format_final_table(rows)
+        import torch
+
+        kernels = str(torch.backends.cpu.get_cpu_capability())  # sppcore/kernels.py
         runs_report = report.get("runs", [{}])
         summary = {
             "table": rows,
@@ -143,7 +146,7 @@ def main(argv=None) -> int:
             "pretrain_val_image_accuracy": runs_report[0].get("val_image_accuracy"),
             "seconds": {"data": t_data - t_start, "pretrain": t_pretrain - t_data, "train": t_train - t_pretrain,
                         "test": t_test - t_train, "demo": t_end - t_test, "total": t_end - t_start},
-            "demo": demo_png, "pretrained_network": weights,
+            "demo": demo_png, "pretrained_network": weights, "cpu_kernels": kernels,
         }
         from sppcore.fileio import atomic_write_json
 
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
         print(f"built-in default: {len(test_set)} test images, SVMs trained on {n} trainval images, "
               f"trunk pretrained on {report.get('train_images')} images (validation accuracy on crops "
               f"{summary['pretrain_val_accuracy']:.3f}, on windows of whole images "
-              f"{summary['pretrain_val_image_accuracy'] or float('nan'):.3f})")
+              f"{summary['pretrain_val_image_accuracy'] or float('nan'):.3f}; {kernels} CPU kernels)")
         print(table)
         best = ", ".join(f"{c} {score:.2f}" for c, score, _ in dets)
         print(f"demo: {demo_png} (the {len(dets)} best detections on {image_path}: {best})")
