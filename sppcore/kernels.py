@@ -8,7 +8,7 @@ R-CNN) with AVX2 kernels and 0.718 / 0.720 / 0.566 with AVX-512 kernels on the s
 processor, the same code and the same seeds. So that a figure measured on one machine
 comes out on another, :func:`pin_cpu_kernels` caps the kernels at AVX2 (the widest set
 that almost every x86-64 processor of the last ten years has) before torch is imported.
-It costs about 5% of speed on an AVX-512 machine; ``SPPDET_CPU_KERNELS=native`` leaves
+It costs about 7% of speed on an AVX-512 machine; ``SPPDET_CPU_KERNELS=native`` leaves
 PyTorch's own choice.
 
 ``import detect`` calls it, so the tools, the benches and a notebook that imports
