@@ -275,14 +275,14 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
         "classifier": model.classifier.name,
         "bbox_regression": model.regressor is not None,
         # the instruction set of this process's CPU kernels (sppcore/kernels.py)
-        "cpu_kernels": _cpu_kernels(),
+        "cpu_kernels": cpu_kernels(),
     }
     atomic_write_json(os.path.join(out_dir, "results.json"), results)
     results["table"] = _table(ev, model.classes)
     return results, out_dir
 
 
-def _cpu_kernels() -> str:
+def cpu_kernels() -> str:
     """torch's word for the instruction set of its CPU kernels here (``AVX2``, ``AVX512``,
     ``DEFAULT`` ...; sppcore/kernels.py pins it at AVX2 for the tools)."""
     import torch

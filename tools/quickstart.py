@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         t_start = time.perf_counter()
         cfg = config_from_args(args)
         progress = not args.quiet
-        from detect.pipeline import demo, pretrained_network_path, run_pretraining, train
+        from detect.pipeline import cpu_kernels, demo, pretrained_network_path, run_pretraining, train
         from detect.synthetic import generate_synthetic_voc
 
         n = args.detect_images
@@ -136,9 +136,7 @@ def main(argv=None) -> int:
         t_end = time.perf_counter()
 
         table = format_final_table(rows)
-        import torch
-
-        kernels = str(torch.backends.cpu.get_cpu_capability())  # sppcore/kernels.py
+        kernels = cpu_kernels()  # sppcore/kernels.py
         runs_report = report.get("runs", [{}])
         summary = {
             "table": rows,
