@@ -209,6 +209,11 @@ class PretrainConfig:
     jitter: float = 0.1
     # background windows drawn per image and epoch
     background_per_image: int = 4
+    # torch's intra-op threads while pretraining: the trained network depends on them
+    # (batch-norm statistics and gradients are summed in per-thread parts), so the built-in
+    # default's figures need 2 on every machine; 0 = torch's own choice (all cores: faster on
+    # a large machine, other figures)
+    threads: int = 2
     # where the pretrained network is written ("" = <output_dir>/<name>/pretrain/network.npz)
     out: str = ""
 
@@ -461,6 +466,7 @@ RULES: dict[str, Any] = {
     "pretrain.weight_decay": NON_NEGATIVE,
     "pretrain.jitter": FRACTION,
     "pretrain.background_per_image": NON_NEGATIVE_INT,
+    "pretrain.threads": NON_NEGATIVE_INT,
     "pretrain.out": text(non_empty=False),
 }
 

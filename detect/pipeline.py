@@ -406,7 +406,7 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     import json
 
     from detect.config import config_to_dict
-    from detect.pretrain import CropSampler, pretrain
+    from detect.pretrain import CropSampler, intra_op_threads, pretrain
     from detect.trunks import build_network, save_network
     from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
 
@@ -423,9 +423,12 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     # layout from before the levels moved into the network section, so that earlier
     # pretrained networks stay valid
     network_settings = {k: v for k, v in config_to_dict(cfg.network).items() if k != "levels"}
+    # the trained network depends on the instruction set of torch's CPU kernels and on its
+    # threads (pretrain.threads, in the settings) beside the settings and the images
     key = stable_hash({"pretrain": config_to_dict(cfg.pretrain), "network": network_settings,
                        "levels": list(cfg.network.levels), "classes": list(data_cfg.data.classes),
-                       "train": dataset_identity(train_ds), "val": dataset_identity(val_ds), "seed": cfg.seed})
+                       "train": dataset_identity(train_ds), "val": dataset_identity(val_ds), "seed": cfg.seed,
+                       "cpu_kernels": cpu_kernels()})
     sealed_files = [os.path.basename(path), os.path.basename(path) + ".json", os.path.basename(report_path)]
     runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
     runs = []  # finished runs with these settings are kept: only the missing ones train
@@ -448,10 +451,11 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
         kill_point("pretrain_run", run)
         trunk, head = build_network(dataclasses.replace(cfg.network, weights="random"))
         head.add_classifier(len(train_ds.classes) + 1, seed=cfg.network.init_seed)
-        result = pretrain(trunk, head, cfg.network.levels, train_sampler, val_sampler, sizes=sizes,
-                          epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
-                          weight_decay=p.weight_decay, seed=cfg.seed, eval_size=p.sizes[0], progress=progress,
-                          image_scales=tuple(p.image_scales) or None, device=cfg.features.device)
+        with intra_op_threads(p.threads):
+            result = pretrain(trunk, head, cfg.network.levels, train_sampler, val_sampler, sizes=sizes,
+                              epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+                              weight_decay=p.weight_decay, seed=cfg.seed, eval_size=p.sizes[0], progress=progress,
+                              image_scales=tuple(p.image_scales) or None, device=cfg.features.device)
         runs.append({"sizes": list(sizes), "val_accuracy": result.val_accuracy,
                      "val_image_accuracy": None if math.isnan(result.val_image_accuracy) else result.val_image_accuracy,
                      "seconds": result.seconds,
@@ -463,7 +467,7 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
                                                    "fc8_classes": list(train_ds.classes)})
     runs.sort(key=lambda r: runs_wanted.index(tuple(r["sizes"])))
     report = {"key": key, "network": path, "classes": list(train_ds.classes), "runs": runs,
-              "train_images": len(train_ds), "val_images": len(val_ds)}
+              "train_images": len(train_ds), "val_images": len(val_ds), "cpu_kernels": cpu_kernels()}
     atomic_write_json(report_path, report)
     seal_directory(out_dir, sealed_files, key)
     return report

@@ -99,6 +99,54 @@ def test_pretraining_keeps_finished_runs(synthetic_voc, tmp_path, monkeypatch):
     assert pipeline.run_pretraining(cfg, compare=True, progress=False) == both and calls == [(40,)]
 
 
+def test_pretraining_runs_on_its_own_threads_and_is_keyed_by_them_and_the_kernels(synthetic_voc, tmp_path,
+                                                                                 monkeypatch):
+    """The pretrained network depends on torch's thread count and CPU kernels: it trains on
+    pretrain.threads (restored after), and a network trained with other threads or other
+    kernels is never reused."""
+    import detect.pipeline as pipeline
+    import detect.pretrain as pretrain_module
+    from detect.config import load_config
+
+    base = [f"data.root={synthetic_voc}", f"output_dir={tmp_path}", "network.fc_dim=16", "pretrain.sizes=[40]",
+            "pretrain.epochs=1", "pretrain.train_set=train", "pretrain.val_set=val"]
+    seen = []
+    original = pretrain_module.pretrain
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "pretrain", recording)
+    before = torch.get_num_threads()
+    cfg = load_config(None, base)
+    assert cfg.pretrain.threads == 2
+    first = pipeline.run_pretraining(cfg, progress=False)
+    assert seen == [2] and torch.get_num_threads() == before
+    assert first["cpu_kernels"] == pipeline.cpu_kernels()
+    assert pipeline.run_pretraining(cfg, progress=False) == first and seen == [2]  # reused
+    one = load_config(None, base + ["pretrain.threads=1"])
+    assert pipeline.run_pretraining(one, progress=False)["key"] != first["key"] and seen == [2, 1]
+    assert torch.get_num_threads() == before
+    other_kernels = "NOT_" + pipeline.cpu_kernels()  # this process's kernels depend on the machine
+    monkeypatch.setattr(pipeline, "cpu_kernels", lambda: other_kernels)
+    other = pipeline.run_pretraining(one, progress=False)
+    assert seen == [2, 1, 1] and other["cpu_kernels"] == other_kernels
+
+
+def test_intra_op_threads_zero_leaves_torch_alone():
+    from detect.pretrain import intra_op_threads
+
+    before = torch.get_num_threads()
+    with intra_op_threads(0):
+        assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with intra_op_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("restored on the way out")
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_pretraining_on_the_gpu_trains_and_leaves_the_network_on_the_cpu(synthetic_voc):
     """``features.device=cuda``: crop and whole-image epochs run on the GPU; the result
