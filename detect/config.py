@@ -169,6 +169,10 @@ class FinetuneConfig:
     fg_iou: float = 0.5
     # negatives: IoU in [bg_iou_low, fg_iou)
     bg_iou_low: float = 0.1
+    # torch's intra-op threads while fine-tuning: the fine-tuned layers depend on them (the
+    # fc layers' gradients are summed in per-thread parts), as pretrain.threads; 0 = torch's
+    # own choice (all cores: faster on a large machine, other figures)
+    threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -447,6 +451,7 @@ RULES: dict[str, Any] = {
     "finetune.iterations": POSITIVE_INT,
     "finetune.lr": POSITIVE,
     "finetune.batch_size": POSITIVE_INT,
+    "finetune.threads": NON_NEGATIVE_INT,
     "finetune.fg_fraction": FRACTION,
     "finetune.fg_iou": POSITIVE_FRACTION,
     "finetune.bg_iou_low": FRACTION,

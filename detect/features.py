@@ -38,6 +38,7 @@ Stage times synchronise the device, so they are the real seconds.
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -62,6 +63,7 @@ __all__ = [
     "warp_windows_torch",
     "scaled_size",
     "resolve_device",
+    "intra_op_threads",
 ]
 
 LAYERS = ("pool5", "fc6", "fc7")
@@ -100,6 +102,23 @@ def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int):
+    """torch's intra-op threads set to ``count`` inside the block (restored after); 0 leaves
+    them as they are. What training produces depends on the count (pretraining's batch-norm
+    statistics and gradients, fine-tuning's fc gradients are summed in per-thread parts, and
+    the sums' rounding differs); inference here does not, beyond the last bits."""
+    if count <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(name) -> torch.device:

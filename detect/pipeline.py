@@ -406,7 +406,8 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     import json
 
     from detect.config import config_to_dict
-    from detect.pretrain import CropSampler, intra_op_threads, pretrain
+    from detect.features import intra_op_threads
+    from detect.pretrain import CropSampler, pretrain
     from detect.trunks import build_network, save_network
     from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
 
@@ -496,6 +497,7 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
 
     from detect import distributed
     from detect.feature_sources import WindowFeatures, network_digest
+    from detect.features import intra_op_threads
     from detect.finetune import finetune_head
     from detect.trunks import save_network
     from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
@@ -513,8 +515,10 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     if head.fc8 is None or head.fc8.out_features != len(dataset.classes) + 1:
         head.add_classifier(len(dataset.classes) + 1, seed=cfg.seed)
         head.to(extractor.device)
+    # like pretraining, the fine-tuned layers depend on the CPU kernels and the threads
+    # (finetune.threads, in the settings)
     key = _resume_key(cfg, ("network", "data", "proposals", "features", "finetune"), dataset_identity(dataset),
-                      network_digest(features.trunk, head))
+                      network_digest(features.trunk, head), cpu_kernels=cpu_kernels())
     manifest, _ = read_seal(out_dir)
     if manifest is not None and manifest["key"] == stable_hash(key) and set(manifest["files"]) == set(sealed_files):
         log.info("fine-tuning: reusing %s (fine-tuned with the same settings, data and network)", out_path)
@@ -539,8 +543,9 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
 
     # an interrupted run resumes from this checkpoint if it was fine-tuning the same thing
     checkpoint = os.path.splitext(out_path)[0] + "_state.pt"
-    report = finetune_head(head, pool_fn, dataset, store, cfg.finetune, seed=cfg.seed, progress=progress,
-                           checkpoint=checkpoint, key=key)
+    with intra_op_threads(cfg.finetune.threads):
+        report = finetune_head(head, pool_fn, dataset, store, cfg.finetune, seed=cfg.seed, progress=progress,
+                               checkpoint=checkpoint, key=key)
     report["method"] = cfg.features.method
     # fc8's row k + 1 is dataset.classes[k] (detect.finetune.label_windows): what
     # classifier.type softmax checks before it scores with this fc8

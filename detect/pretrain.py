@@ -28,7 +28,6 @@ each normalise with the statistics of their own input.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -209,22 +208,6 @@ def _resized_image(rng, image: np.ndarray, scales: tuple[float, float]):
     out, fx, fy = _resize_shorter(image, rng.uniform(*scales))
     mirrored = bool(rng.random() < 0.5)
     return (out[:, ::-1] if mirrored else out), np.float32([fx, fy, fx, fy]), mirrored
-
-
-@contextlib.contextmanager
-def intra_op_threads(count: int):
-    """torch's intra-op threads set to ``count`` inside the block (restored after); 0 leaves
-    them as they are. Pretraining's result depends on the count: batch-norm statistics and
-    gradients are summed in per-thread parts, and the sums' rounding differs."""
-    if count <= 0:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def pretrain(trunk: Trunk, head: FCHead, levels, train_sampler: CropSampler, val_sampler: CropSampler | None,

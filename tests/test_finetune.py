@@ -147,3 +147,34 @@ def test_finetuned_network_is_reused_only_for_the_same_key(synthetic_voc, tmp_pa
     assert "reusing" not in caplog.text
     with open(out, "rb") as f:
         assert f.read() == weights
+
+
+def test_finetuning_runs_on_its_own_threads_and_is_keyed_by_them(synthetic_voc, tmp_path, monkeypatch, caplog):
+    """The fine-tuned layers depend on torch's thread count: fine-tuning runs on
+    finetune.threads (restored after), and one made with other threads is not reused."""
+    import logging
+
+    import detect.finetune as finetune_module
+    from detect.config import load_config
+    from detect.pipeline import run_finetuning
+
+    base = [f"data.root={synthetic_voc}", f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}",
+            "network.fc_dim=32", "network.weights=random", "features.scales=[160]", "proposals.max_boxes=100",
+            "finetune.iterations=2", "finetune.batch_size=8"]
+    seen = []
+    original = finetune_module.finetune_head
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "finetune_head", recording)
+    before = torch.get_num_threads()
+    out = str(tmp_path / "ft" / "network.npz")
+    cfg = load_config("default", base)
+    assert cfg.finetune.threads == 2
+    run_finetuning(cfg, out, progress=False)
+    assert seen == [2] and torch.get_num_threads() == before
+    caplog.set_level(logging.INFO, logger="detect.pipeline")
+    run_finetuning(load_config("default", base + ["finetune.threads=1"]), out, progress=False)
+    assert "reusing" not in caplog.text and seen == [2, 1] and torch.get_num_threads() == before

@@ -135,7 +135,7 @@ def test_pretraining_runs_on_its_own_threads_and_is_keyed_by_them_and_the_kernel
 
 
 def test_intra_op_threads_zero_leaves_torch_alone():
-    from detect.pretrain import intra_op_threads
+    from detect.features import intra_op_threads
 
     before = torch.get_num_threads()
     with intra_op_threads(0):
