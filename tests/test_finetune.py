@@ -8,6 +8,7 @@ from detect.features import RCNNFeatures, SPPFeatures
 from detect.finetune import finetune_head, label_windows
 from detect.voc import VOCDataset
 from detect.trunks import build_network
+from tooling import record_threads
 
 
 def test_label_windows_intervals():
@@ -161,14 +162,7 @@ def test_finetuning_runs_on_its_own_threads_and_is_keyed_by_them(synthetic_voc, 
     base = [f"data.root={synthetic_voc}", f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}",
             "network.fc_dim=32", "network.weights=random", "features.scales=[160]", "proposals.max_boxes=100",
             "finetune.iterations=2", "finetune.batch_size=8"]
-    seen = []
-    original = finetune_module.finetune_head
-
-    def recording(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(finetune_module, "finetune_head", recording)
+    seen = record_threads(monkeypatch, finetune_module, "finetune_head")
     before = torch.get_num_threads()
     out = str(tmp_path / "ft" / "network.npz")
     cfg = load_config("default", base)

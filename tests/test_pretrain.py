@@ -7,6 +7,7 @@ from detect.pretrain import BACKGROUND_IOU, CropSampler, pretrain
 from detect.trunks import build_network
 from detect.voc import VOCDataset
 from sppcore.boxes import box_iou
+from tooling import record_threads
 
 
 def test_crop_sampler_labels_and_determinism(synthetic_voc):
@@ -110,14 +111,7 @@ def test_pretraining_runs_on_its_own_threads_and_is_keyed_by_them_and_the_kernel
 
     base = [f"data.root={synthetic_voc}", f"output_dir={tmp_path}", "network.fc_dim=16", "pretrain.sizes=[40]",
             "pretrain.epochs=1", "pretrain.train_set=train", "pretrain.val_set=val"]
-    seen = []
-    original = pretrain_module.pretrain
-
-    def recording(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(pretrain_module, "pretrain", recording)
+    seen = record_threads(monkeypatch, pretrain_module, "pretrain")
     before = torch.get_num_threads()
     cfg = load_config(None, base)
     assert cfg.pretrain.threads == 2

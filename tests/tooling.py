@@ -25,3 +25,19 @@ def run_tool(name: str, argv: list) -> int:
 def fast_overrides(data_root, out) -> list:
     """``--set`` values of the cheap model on ``data_root``, with caches and outputs under ``out``."""
     return [f"data.root={data_root}", f"cache_dir={out}/cache", f"output_dir={out}/output", *FAST_MODEL]
+
+
+def record_threads(monkeypatch, module, name: str) -> list:
+    """Wrap ``module.name`` so that each call appends torch's intra-op thread count at that
+    moment to the returned list (the call itself goes on as before)."""
+    import torch
+
+    original = getattr(module, name)
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recording)
+    return seen
