@@ -426,10 +426,11 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     network_settings = {k: v for k, v in config_to_dict(cfg.network).items() if k != "levels"}
     # the trained network depends on the instruction set of torch's CPU kernels and on its
     # threads (pretrain.threads, in the settings) beside the settings and the images
+    kernels = cpu_kernels()
     key = stable_hash({"pretrain": config_to_dict(cfg.pretrain), "network": network_settings,
                        "levels": list(cfg.network.levels), "classes": list(data_cfg.data.classes),
                        "train": dataset_identity(train_ds), "val": dataset_identity(val_ds), "seed": cfg.seed,
-                       "cpu_kernels": cpu_kernels()})
+                       "cpu_kernels": kernels})
     sealed_files = [os.path.basename(path), os.path.basename(path) + ".json", os.path.basename(report_path)]
     runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
     runs = []  # finished runs with these settings are kept: only the missing ones train
@@ -468,7 +469,7 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
                                                    "fc8_classes": list(train_ds.classes)})
     runs.sort(key=lambda r: runs_wanted.index(tuple(r["sizes"])))
     report = {"key": key, "network": path, "classes": list(train_ds.classes), "runs": runs,
-              "train_images": len(train_ds), "val_images": len(val_ds), "cpu_kernels": cpu_kernels()}
+              "train_images": len(train_ds), "val_images": len(val_ds), "cpu_kernels": kernels}
     atomic_write_json(report_path, report)
     seal_directory(out_dir, sealed_files, key)
     return report
