@@ -1,25 +1,32 @@
-"""SPP-net vs R-CNN feature extraction on the same trunk and fc weights.
+"""SPP-net vs R-CNN detection on the same trunk and fc weights.
 
 For each of ``--num-images`` generated images (VOC-sized) and ``--windows`` random windows
 per image (proposals are a separate, separately timed stage; ``--windows-source
 selective_search`` uses the project's R-CNN fast-mode proposals instead, whose
-near-duplicates SPP-net pools once), measures seconds per image
-per stage for SPP-net at 1 scale (688) and 5 scales (480..1200), R-CNN (warp + whole
-network per window), and SPP-net with truncated-SVD fc6/fc7; then the pooling kernel
-alone against torchvision's ``roi_pool`` (4 calls, one per level) on a 256 x 43 x 57 map.
-Random weights: timing does not depend on them. Medians over images, ratios from the same
-run. Prints a table and writes JSON (default ``bench/results/spp_vs_rcnn.json``).
+near-duplicates SPP-net pools once), measures seconds per image per stage of the whole
+detection after proposals: the window features, the class scores of ``--classes`` random
+linear SVMs on fc7, per-class box regression from pool5, and per-class NMS (0.3, 100 per
+class), for SPP-net at 1 scale (688) and 5 scales (480..1200), R-CNN (warp + whole
+network per window), and SPP-net with truncated-SVD fc6/fc7, at each of ``--precisions``
+(``features.precision``); then the pooling kernel alone against torchvision's
+``roi_pool`` (4 calls, one per level) on a 256 x 43 x 57 map. Random weights: timing
+does not depend on them. Medians over images, ratios from the same run (the first
+precision). Prints a table and writes JSON (default ``bench/results/spp_vs_rcnn.json``);
+``--profile FILE`` adds torch.profiler's table of SPP-net 1 scale.
 
 ``--device cuda`` runs both methods on a GPU: the network layers, SPP-net's pooling (the
-torch twin of the kernel) and R-CNN's warps (``grid_sample``, ``--crop-batch`` crops at a
-time); the kernel comparison at the end is always the CPU one.
+torch twin of the kernel), R-CNN's warps (``grid_sample``, ``--crop-batch`` crops at a
+time) and, unless ``--postprocess host``, the scores, box regression and NMS
+(:mod:`detect.device_postprocess`: only the detections come back to the host); the
+kernel comparison at the end is always the CPU one.
 
 Example::
 
     python -m bench.spp_vs_rcnn --trunk alexnet --num-images 5 --windows 2000
     python -m bench.spp_vs_rcnn --trunk zf5 --windows-source selective_search \
         --out bench/results/spp_vs_rcnn_zf5_ss.json
-    python -m bench.spp_vs_rcnn --device cuda --out bench/results/spp_vs_rcnn_cuda.json
+    python -m bench.spp_vs_rcnn --device cuda --precisions float32,bfloat16,float16 \
+        --profile bench/results/profile_cuda.txt --out bench/results/spp_vs_rcnn_cuda.json
 """
 from __future__ import annotations
 
@@ -44,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="where the network layers run: cpu | cuda | cuda:N")
     parser.add_argument("--crop-batch", type=int, default=None,
                         help="R-CNN crops per conv batch (default: 32 on the CPU, 256 on a GPU)")
+    parser.add_argument("--precisions", default="float32",
+                        help="comma-separated features.precision values to time (float32, bfloat16, float16)")
+    parser.add_argument("--classes", type=int, default=20, help="classes of the random SVMs and box regressors")
+    parser.add_argument("--postprocess", choices=("auto", "host", "device"), default="auto",
+                        help="where scoring, box regression and NMS run (auto: on a GPU there, else numpy)")
+    parser.add_argument("--profile", default=None,
+                        help="write torch.profiler's table of SPP-net 1 scale (last precision) to this file")
     parser.add_argument("--kernel-repeats", type=int, default=21, help="timed calls of the pooling kernel")
     parser.add_argument("--data", default="data/cache/bench/synthetic")
     parser.add_argument("--out", default="bench/results/spp_vs_rcnn.json")
@@ -61,19 +75,59 @@ def random_windows(rng, n, h, w):
     return np.stack([x, y, x + bw, y + bh], 1).astype(np.float32)
 
 
-def time_method(extractor, images, windows):
+def random_model(head, num_classes: int, seed: int = 0):
+    """A detection model of random linear SVMs on fc7 and random box regressors on pool5,
+    ``num_classes`` classes: what a trained model costs to apply (the values do not matter)."""
+    from detect.bbox_regression import BoxRegressor
+    from detect.classifiers import LinearSVMClassifier
+    from detect.config import Config
+    from detect.model import DetectionModel
+
+    rng = np.random.default_rng(seed)
+    fc7, pool5 = head.fc7.out_features if hasattr(head.fc7, "out_features") else head.fc7[-1].out_features, head.in_dim
+    svm = LinearSVMClassifier("fc7", rng.normal(0, 0.01, (num_classes, fc7)).astype(np.float32),
+                              rng.normal(0, 0.1, num_classes).astype(np.float32), 1.0)
+    reg = BoxRegressor(weights=rng.normal(0, 1e-4, (num_classes, pool5, 4)).astype(np.float32),
+                       bias=np.zeros((num_classes, 4), np.float32), feature_scale=1.0,
+                       trained=np.ones(num_classes, bool))
+    return DetectionModel(config=Config(), classes=tuple(f"class{k}" for k in range(num_classes)),
+                          classifier=svm, regressor=reg, bbox_layer="pool5")
+
+
+def time_method(detect_fn, images, windows):
+    """Median seconds per stage over the images of ``detect_fn(image, boxes) -> (detections,
+    {stage: seconds})``; ``total`` is the median of the per-image sums."""
     rows = []
     for img, boxes in zip(images, windows):
-        _, seconds = extractor.extract(img, boxes, ("fc7",))
+        _, seconds = detect_fn(img, boxes)
         seconds["total"] = sum(seconds.values())
         rows.append(seconds)
-    return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
+    return {k: float(np.median([r.get(k, 0.0) for r in rows])) for k in rows[0]}
+
+
+def profile_method(detect_fn, images, windows, path: str, device) -> str:
+    """torch.profiler's table of ``detect_fn`` over the images (by device time on a GPU,
+    CPU time otherwise), written to ``path``; returns it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for img, boxes in zip(images, windows):
+            detect_fn(img, boxes)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(table)
+    return table
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from detect.config import NetworkConfig
+    from detect.device_postprocess import detect_image_on_device
     from detect.features import RCNNFeatures, SPPFeatures, compress_head, resolve_device
+    from detect.testing import detect_image
     from detect.spp import spatial_pyramid_pool
     from detect.synthetic import generate_synthetic_voc
     from detect.trunks import build_network
@@ -98,25 +152,49 @@ def main(argv=None) -> int:
     crop_batch = args.crop_batch or (256 if dev.type == "cuda" else 32)
     svd_head = compress_head(head, args.svd_rank)
     five = (480, 576, 688, 864, 1200)
-    methods = {
-        "spp_1scale": SPPFeatures(trunk, head, scales=(688,), device=dev),
-        "spp_5scale": SPPFeatures(trunk, head, scales=five, device=dev),
-        "spp_1scale_svd": SPPFeatures(trunk, svd_head, scales=(688,), device=dev),
-        "spp_5scale_svd": SPPFeatures(trunk, svd_head, scales=five, device=dev),
-        "rcnn": RCNNFeatures(trunk, head, crop_size=crop, context_pad=round(16 * crop / 227),
-                             crop_batch_size=crop_batch, device=dev),
-    }
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    model = random_model(head, args.classes)
+
+    def build_methods(precision):
+        return {
+            "spp_1scale": SPPFeatures(trunk, head, scales=(688,), device=dev, precision=precision),
+            "spp_5scale": SPPFeatures(trunk, head, scales=five, device=dev, precision=precision),
+            "spp_1scale_svd": SPPFeatures(trunk, svd_head, scales=(688,), device=dev, precision=precision),
+            "spp_5scale_svd": SPPFeatures(trunk, svd_head, scales=five, device=dev, precision=precision),
+            "rcnn": RCNNFeatures(trunk, head, crop_size=crop, context_pad=round(16 * crop / 227),
+                                 crop_batch_size=crop_batch, device=dev, precision=precision),
+        }
+
+    def detector_of(extractor):
+        """The whole detection of one image after proposals: features, scores, box
+        regression, NMS (on the device, or numpy on the host)."""
+        on_device = args.postprocess == "device" or (args.postprocess == "auto" and dev.type != "cpu")
+        if on_device:
+            return lambda img, boxes: detect_image_on_device(model, extractor, img, boxes)
+        return lambda img, boxes: detect_image(model, extractor.extract, img, boxes)
+
+    methods = build_methods(precisions[0])
     distinct = {"rcnn": float(np.mean([len(np.unique(b, axis=0)) / len(b) for b in windows]))}
     for name in ("spp_1scale", "spp_5scale"):
         spp = methods[name]
         distinct[name] = float(np.mean([len(spp.distinct_windows(spp.compute_maps(im), b)[0]) / len(b)
                                         for im, b in zip(images, windows)]))
-    results = {}
-    for name, extractor in methods.items():
-        extractor.extract(images[0], windows[0][:50], ("fc7",))  # warm-up
-        t0 = time.perf_counter()
-        results[name] = time_method(extractor, images, windows)
-        print(f"{name}: {results[name]['total']:.3f} s/image ({time.perf_counter() - t0:.0f} s)", flush=True)
+    by_precision = {}
+    profile_table = None
+    for precision in precisions:
+        methods = build_methods(precision)
+        results = by_precision[precision] = {}
+        for name, extractor in methods.items():
+            detect_fn = detector_of(extractor)
+            detect_fn(images[0], windows[0][:50])  # warm-up
+            detect_fn(images[0], windows[0])
+            t0 = time.perf_counter()
+            results[name] = time_method(detect_fn, images, windows)
+            print(f"{name} ({precision}): {results[name]['total']:.4f} s/image ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+        if args.profile and precision == precisions[-1]:
+            profile_table = profile_method(detector_of(methods["spp_1scale"]), images, windows, args.profile, dev)
+    results = by_precision[precisions[0]]
 
     # the pooling kernel alone
     fmap = torch.randn(256, 43, 57)
@@ -156,14 +234,19 @@ def main(argv=None) -> int:
         "pool_share_of_spp_1scale": spp1["pool"] / spp1["total"],
         "roi_pool_over_spp_kernel": kernel["torchvision_roi_pool"] / kernel["spatial_pyramid_pool"],
     }
-    stages = ["warp", "conv", "pool", "fc", "total"]
+    stages = ["warp", "conv", "pool", "fc", "svm", "bbox_reg", "nms", "total"]
     per_image = float(np.mean([len(b) for b in windows]))
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    digits = 4 if dev.type == "cuda" else 3
     print(f"\n{args.trunk}, fc {args.fc_dim}, {per_image:.0f} {args.windows_source} windows/image, "
-          f"median of {len(images)} images (seconds per image, proposals excluded), network on {device_name}")
-    print(f"{'method':<16}" + "".join(f"{s:>9}" for s in stages))
-    for name, r in results.items():
-        print(f"{name:<16}" + "".join(f"{r.get(s, 0.0):9.3f}" for s in stages))
+          f"{args.classes} classes, median of {len(images)} images (seconds per image of the whole detection "
+          f"after proposals), network on {device_name}")
+    for precision, table in by_precision.items():
+        print(f"{'method (' + precision + ')':<26}" + "".join(f"{s:>9}" for s in stages))
+        for name, r in table.items():
+            print(f"{name:<26}" + "".join(f"{r.get(s, 0.0):9.{digits}f}" for s in stages))
+    if profile_table is not None:
+        print(f"\nprofile of spp_1scale ({precisions[-1]}), written to {args.profile}:\n{profile_table}")
     print("\npooling kernel, 256x43x57 map, levels 6/3/2/1: "
           f"ours {1000 * kernel['spatial_pyramid_pool']:.1f} ms "
           f"({1000 * kernel['spatial_pyramid_pool_reused_out']:.1f} ms into a reused output), "
@@ -178,7 +261,10 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "windows_source": args.windows_source, "windows": args.windows,
         "windows_per_image": per_image, "images": len(images), "svd_rank": args.svd_rank,
         "distinct_window_share": distinct,
-        "seconds_per_image": results, "pool_kernel_seconds": kernel, "ratios": ratios,
+        "classes": args.classes, "postprocess": args.postprocess,
+        # the first precision's table; every precision's under seconds_per_image_by_precision
+        "precision": precisions[0], "seconds_per_image": results,
+        "seconds_per_image_by_precision": by_precision, "pool_kernel_seconds": kernel, "ratios": ratios,
     })
     print(f"\nwritten {args.out}")
     return 0

@@ -17,7 +17,8 @@ from the network):
 
 * ``name`` (its key in :data:`CLASSIFIERS`), ``file`` (its arrays in the model directory);
 * ``layer``: the feature layer it reads; ``num_classes``, ``feature_dim``;
-* ``score(features float32 [N, D]) -> float32 [N, K]``;
+* ``score(features float32 [N, D]) -> float32 [N, K]``, and ``score_tensor``, its twin on
+  a torch Tensor of any device (the scores stay there: :mod:`detect.device_postprocess`);
 * ``show_threshold``: the score above which a detection is worth showing by default
   (``tools/demo.py``);
 * ``to_arrays()`` and ``from_arrays(arrays, layer)`` for the ``.npz`` file; ``from_arrays``
@@ -29,6 +30,23 @@ import numpy as np
 
 from detect.detector import score_windows
 from sppcore.errors import UserError
+
+
+def _on_device(cache: dict, device, **arrays) -> dict:
+    """``arrays`` as torch tensors on ``device``, copied there once per device (``cache``
+    holds them)."""
+    import torch
+
+    key = str(device)
+    if key not in cache:
+        cache[key] = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in arrays.items()}
+    return cache[key]
+
+
+def _check_tensor(features, dim: int):
+    if features.ndim != 2 or features.shape[1] != dim:
+        raise ValueError(f"features must be [N, {dim}], got {list(features.shape)}")
+    return features
 
 __all__ = ["LinearSVMClassifier", "SoftmaxClassifier", "CLASSIFIERS", "softmax_from_fc8", "FC8_INPUT_LAYER"]
 
@@ -71,6 +89,11 @@ class LinearSVMClassifier:
     def score(self, features: np.ndarray) -> np.ndarray:
         """features float32 [N, D] -> scores float32 [N, K] = ``features @ W.T + b``."""
         return score_windows(_features(features, self.feature_dim), self.weights, self.bias)
+
+    def score_tensor(self, features):
+        """:meth:`score` of a Tensor [N, D] on any device: float32 Tensor [N, K] there."""
+        t = _on_device(self.__dict__.setdefault("_tensors", {}), features.device, weights=self.weights, bias=self.bias)
+        return _check_tensor(features, self.feature_dim).float() @ t["weights"].T + t["bias"]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights, "bias": self.bias, "feature_scale": np.float32(self.feature_scale)}
@@ -118,6 +141,16 @@ class SoftmaxClassifier:
         prob = np.exp(logits)
         prob /= prob.sum(axis=1, keepdims=True)
         return prob[:, 1:].astype(np.float32)
+
+    def score_tensor(self, features):
+        """:meth:`score` of a Tensor [N, D] on any device (float64 logits, as there):
+        float32 Tensor [N, K] there."""
+        import torch
+
+        t = _on_device(self.__dict__.setdefault("_tensors", {}), features.device,
+                       weights=self.weights.astype(np.float64), bias=self.bias.astype(np.float64))
+        logits = _check_tensor(features, self.feature_dim).double() @ t["weights"].T + t["bias"]
+        return torch.softmax(logits, dim=1)[:, 1:].float()
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights, "bias": self.bias}

@@ -126,8 +126,12 @@ class FeatureConfig:
     rcnn_crop_batch_size: int = 32
     # 0: exact fc6/fc7; > 0: truncated-SVD fc6/fc7 with this rank (Fast R-CNN, section 3.1)
     fc_svd_rank: int = 0
-    # where the network layers run: cpu, cuda or cuda:N (pooling and warping stay on the CPU)
+    # where the network layers run: cpu, cuda or cuda:N (on a GPU, SPP pooling, R-CNN's
+    # warps, scoring, box regression and NMS run there too)
     device: str = "cpu"
+    # what the network layers compute in: float32, or bfloat16 / float16 (torch.autocast;
+    # mixed precision, for GPUs); pretraining and fine-tuning train in float32 regardless
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -429,6 +433,7 @@ RULES: dict[str, Any] = {
     "features.rcnn_crop_batch_size": POSITIVE_INT,
     "features.fc_svd_rank": NON_NEGATIVE_INT,
     "features.device": DEVICE,
+    "features.precision": Choice(("float32", "bfloat16", "float16"), "precision"),  # detect.features.PRECISIONS
     "classifier.type": Choice(("svm", "softmax"), "classifier"),  # detect.classifiers.CLASSIFIERS
     "svm.C": POSITIVE,
     "svm.bias_multiplier": POSITIVE,

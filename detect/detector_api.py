@@ -15,7 +15,9 @@ Every script goes through it: ``tools/demo.py`` (:func:`detect.pipeline.demo`),
 benchmarks. Per image: selective-search proposals (unless given) -> window features
 (SPP-net or R-CNN, as the model was trained) -> class scores (the model's classifier: SVMs
 or the fine-tuned softmax) -> per-class box regression ->
-per-class threshold, NMS and top-k with the model's ``test`` settings.
+per-class threshold, NMS and top-k with the model's ``test`` settings. On a GPU the steps
+after the network run there too (:mod:`detect.device_postprocess`) and only the
+detections come back to the host.
 """
 from __future__ import annotations
 
@@ -69,22 +71,31 @@ class Detector:
     M = 0 gives no detections.
     """
 
-    def __init__(self, model, features):
+    def __init__(self, model, features, postprocess: str = "auto"):
         """``model``: a :class:`detect.model.DetectionModel` whose ``config`` holds the
         settings to test with; ``features``: the matching
-        :class:`detect.feature_sources.WindowFeatures`. :meth:`load` builds both."""
+        :class:`detect.feature_sources.WindowFeatures`. :meth:`load` builds both.
+        ``postprocess``: where scoring, box regression and NMS run: ``host`` (numpy, the
+        features copied back), ``device`` (torch on the network's device, only the
+        detections copied back: :mod:`detect.device_postprocess`) or ``auto`` (device on a
+        GPU, host on the CPU, where numpy is the faster)."""
+        if postprocess not in ("auto", "host", "device"):
+            raise ValueError(f"postprocess must be auto, host or device, got {postprocess!r}")
         self.model = model
         self.features = features
+        if postprocess == "auto":
+            postprocess = "host" if features.extractor.device.type == "cpu" else "device"
+        self.postprocess_on = postprocess
 
     @classmethod
     def load(cls, model_dir: str, device: str | None = "cpu", overrides: Sequence[str] | None = None,
-             config_path: str | None = None, method: str | None = None) -> "Detector":
+             config_path: str | None = None, method: str | None = None, postprocess: str = "auto") -> "Detector":
         """The model in ``model_dir`` (sealed by ``tools/train_svm.py``; a damaged or
         unsealed directory is a :class:`UserError`), its network on ``device`` (``cpu``,
         ``cuda``, ``cuda:N``; None: the device in the model's config). ``overrides``
         (``["test.nms_iou=0.4", ...]``) and ``config_path`` change test-time settings;
         settings the classifier depends on (method, layer, pyramid levels, classifier
-        type) must stay the model's."""
+        type) must stay the model's. ``postprocess``: as for the constructor."""
         from detect.feature_sources import WindowFeatures
         from detect.pipeline import _model_and_config
 
@@ -92,7 +103,7 @@ class Detector:
         if device is not None:
             overrides.append(f"features.device={device}")
         model, cfg = _model_and_config(model_dir, method, config_path, overrides)
-        return cls(model, WindowFeatures.from_config(cfg, network_file=model.network_file))
+        return cls(model, WindowFeatures.from_config(cfg, network_file=model.network_file), postprocess=postprocess)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -148,6 +159,18 @@ class Detector:
         test loop (:func:`detect.testing.run_test`) calls."""
         from detect.detector import Detections
 
+        if self.postprocess_on == "device":
+            from detect.device_postprocess import detect_image_on_device
+
+            image = self.load_image(image)
+            seconds = None
+            if proposals is None:
+                proposals, seconds = self.propose(image)
+            det, timings = detect_image_on_device(self.model, self.features.extractor, image,
+                                                  _check_proposals(proposals, "proposals"))
+            if seconds is not None:
+                timings["proposals"] = seconds
+            return det, timings
         scored = self.score(image, proposals)
         out, nms_s = self.postprocess(scored)
         return Detections(out["boxes"], out["labels"], out["scores"]), {**scored.timings, "nms": nms_s}

@@ -33,7 +33,13 @@ Device: both run their network layers on ``device`` (``cpu`` by default; ``cuda`
 ``cuda:N`` where torch sees a GPU), moving the trunk and head there (in place). On a GPU,
 SPP-net's conv5 maps stay there and are pooled there by the torch twin of the kernel, and
 R-CNN warps there (``grid_sample``); resizing and window projection stay on the CPU.
-Stage times synchronise the device, so they are the real seconds.
+:meth:`WindowExtractor.extract_tensors` leaves the features there (the detector scores
+them there: :mod:`detect.device_postprocess`). Stage times synchronise the device, so
+they are the real seconds.
+
+Precision: ``precision`` (``features.precision``) is what the fc layers compute in:
+float32, or bfloat16 / float16 under ``torch.autocast`` (mixed precision, for GPUs); the
+features come back in float32 either way.
 """
 from __future__ import annotations
 
@@ -64,6 +70,8 @@ __all__ = [
     "scaled_size",
     "resolve_device",
     "intra_op_threads",
+    "autocast",
+    "PRECISIONS",
 ]
 
 LAYERS = ("pool5", "fc6", "fc7")
@@ -145,15 +153,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _head_layers(head: FCHead, pool5: torch.Tensor, layers: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
-    """Run the fc head once per batch, keeping every requested layer (on the head's device;
-    float32 numpy arrays back)."""
+#: ``features.precision`` -> the dtype the fc layers compute in (torch.autocast)
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """The context the fc layers run in: float32 as they are, or ``torch.autocast`` to
+    ``precision`` (bfloat16, float16) on ``device``. The conv layers stay in float32
+    (on a GPU cuDNN runs them in TF32): SPP-net's whole-image convs ran several times
+    slower in bfloat16 and float16 on an H100, and its fc layers are where a GPU's time
+    goes (README, "Speed: SPP-net against R-CNN")."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+
+
+def _head_tensors(head: FCHead, pool5: torch.Tensor, layers: Sequence[str], batch_size: int,
+                  precision: str = "float32") -> dict[str, torch.Tensor]:
+    """Run the fc head once per batch, keeping every requested layer: float32 Tensors on
+    the head's device."""
     out = {layer: [] for layer in layers}
     device = next(head.parameters()).device
-    for s in range(0, max(1, pool5.shape[0]), batch_size):
-        for layer, x in head.forward_layers(pool5[s : s + batch_size].to(device), layers).items():
-            out[layer].append(x)
-    return {k: torch.cat(v).cpu().numpy().astype(np.float32, copy=False) for k, v in out.items()}
+    with autocast(device, precision):
+        for s in range(0, max(1, pool5.shape[0]), batch_size):
+            for layer, x in head.forward_layers(pool5[s : s + batch_size].to(device), layers).items():
+                out[layer].append(x)
+    return {k: torch.cat(v).float() for k, v in out.items()}
+
+
+def _head_layers(head: FCHead, pool5: torch.Tensor, layers: Sequence[str], batch_size: int,
+                 precision: str = "float32") -> dict[str, np.ndarray]:
+    """:func:`_head_tensors` as float32 numpy arrays on the host."""
+    return {k: v.cpu().numpy() for k, v in _head_tensors(head, pool5, layers, batch_size, precision).items()}
 
 
 def dilate_windows(boxes: np.ndarray, crop_size: float, context_pad: float) -> np.ndarray:
@@ -227,6 +260,8 @@ class WindowExtractor(abc.ABC):
     source_is_cacheable: bool = False
     levels: tuple[int, ...]
     device: torch.device
+    #: what the fc layers compute in: float32, bfloat16 or float16 (:func:`autocast`)
+    precision: str = "float32"
 
     @classmethod
     @abc.abstractmethod
@@ -246,12 +281,23 @@ class WindowExtractor(abc.ABC):
         layers = _check_layers(layers)
         with torch.inference_mode():
             pooled, inverse = self.pool(source, boxes)
-            unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
+            unique_feats = _head_layers(self.head, pooled, layers, self.batch_size, self.precision)
         return {k: v[inverse] for k, v in unique_feats.items()}
 
     @abc.abstractmethod
+    def extract_tensors(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
+        """``({layer: float32 Tensor[U, D]}, inverse int64 [N], {stage: seconds})`` for one
+        image: the features of the U distinct windows, left on the device, and per box the
+        row it maps to."""
+
     def extract(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
-        """``({layer: float32 [N, D]}, {stage: seconds})`` for one image."""
+        """``({layer: float32 [N, D]}, {stage: seconds})`` for one image (on the host; the
+        copy counts in ``fc``)."""
+        unique_feats, inverse, seconds = self.extract_tensors(image, boxes, layers)
+        t0 = time.perf_counter()
+        feats = {k: v.cpu().numpy()[inverse] for k, v in unique_feats.items()}
+        seconds["fc"] += time.perf_counter() - t0
+        return feats, seconds
 
 
 class SPPFeatures(WindowExtractor):
@@ -261,8 +307,10 @@ class SPPFeatures(WindowExtractor):
 
     def __init__(self, trunk: Trunk, head: FCHead, scales: Sequence[int] = (688,), max_side: int = 2000,
                  levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 1024, scale_target_size: int = 224,
-                 device="cpu"):
+                 device="cpu", precision: str = "float32"):
         self.device = resolve_device(device)
+        autocast(self.device, precision)  # checks the name
+        self.precision = precision
         self.trunk, self.head = trunk.eval().to(self.device), head.eval().to(self.device)
         self.scales = tuple(int(s) for s in scales)
         self.max_side = int(max_side)
@@ -274,7 +322,8 @@ class SPPFeatures(WindowExtractor):
     @classmethod
     def from_config(cls, f, trunk: Trunk, head: FCHead) -> "SPPFeatures":
         return cls(trunk, head, scales=f.scales, max_side=f.max_side, levels=head.levels or (6, 3, 2, 1),
-                   batch_size=f.batch_size, scale_target_size=f.scale_target_size, device=f.device)
+                   batch_size=f.batch_size, scale_target_size=f.scale_target_size, device=f.device,
+                   precision=f.precision)
 
     def image_source(self, image: np.ndarray) -> ConvMaps:
         return self.compute_maps(image)
@@ -321,8 +370,16 @@ class SPPFeatures(WindowExtractor):
                 scaled = boxes[rows] * np.array([fx, fy, fx, fy], dtype=np.float32)
                 keys[rows, 1:] = project_windows_to_map(scaled, self.trunk.stride, self.trunk.offset,
                                                         fmap.shape[1], fmap.shape[2])
-        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-        return unique, inverse.reshape(-1)
+        # one integer per row, in the rows' own lexicographic order (mixed radix: each
+        # column below its bound), so the scalar unique gives np.unique(keys, axis=0)'s
+        # rows and inverse several times faster
+        bounds = np.array([len(maps.maps), *([max([m.shape[2] for m in maps.maps] + [1]),
+                                               max([m.shape[1] for m in maps.maps] + [1])] * 2)], np.int64)
+        code = np.zeros(len(keys), np.int64)
+        for col, bound in enumerate(bounds):
+            code = code * bound + keys[:, col]
+        first, inverse = np.unique(code, return_index=True, return_inverse=True)[1:]
+        return keys[first], inverse.reshape(-1)
 
     def pool(self, maps: ConvMaps, boxes: np.ndarray, reuse_buffer: bool = False) -> tuple[torch.Tensor, np.ndarray]:
         """pool5 of the distinct windows and, per box, the row it maps to:
@@ -350,12 +407,12 @@ class SPPFeatures(WindowExtractor):
         layers = _check_layers(layers)
         with torch.inference_mode():
             pooled, inverse = self.pool(source, boxes, reuse_buffer=True)
-            unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
+            unique_feats = _head_layers(self.head, pooled, layers, self.batch_size, self.precision)
         return {k: v[inverse] for k, v in unique_feats.items()}
 
     features_from_maps = features_from_source
 
-    def extract(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
+    def extract_tensors(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
         layers = _check_layers(layers)
         t0 = time.perf_counter()
         maps = self.compute_maps(image)
@@ -365,10 +422,10 @@ class SPPFeatures(WindowExtractor):
             pooled, inverse = self.pool(maps, boxes, reuse_buffer=True)
             _sync(self.device)
             t2 = time.perf_counter()
-            unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
-        feats = {k: v[inverse] for k, v in unique_feats.items()}
-        t3 = time.perf_counter()  # _head_layers ends with a copy to the CPU
-        return feats, {"conv": t1 - t0, "pool": t2 - t1, "fc": t3 - t2}
+            # new tensors (pool5 too): the reused buffer is free for the next image
+            unique_feats = _head_tensors(self.head, pooled, layers, self.batch_size, self.precision)
+            _sync(self.device)
+        return unique_feats, inverse, {"conv": t1 - t0, "pool": t2 - t1, "fc": time.perf_counter() - t2}
 
 
 class RCNNFeatures(WindowExtractor):
@@ -385,12 +442,14 @@ class RCNNFeatures(WindowExtractor):
 
     def __init__(self, trunk: Trunk, head: FCHead, crop_size: int = 227, context_pad: int = 16,
                  levels: Sequence[int] = (6, 3, 2, 1), batch_size: int = 1024, crop_batch_size: int = 32,
-                 device="cpu", warp: str = "auto"):
+                 device="cpu", warp: str = "auto", precision: str = "float32"):
         if crop_size <= 2 * context_pad:
             raise ValueError(f"crop_size {crop_size} leaves no room inside {context_pad} px of context")
         if warp not in ("auto", "cv2", "torch"):
             raise ValueError(f"warp must be auto, cv2 or torch, got {warp!r}")
         self.device = resolve_device(device)
+        autocast(self.device, precision)  # checks the name
+        self.precision = precision
         self.warp_backend = ("torch" if self.device.type == "cuda" else "cv2") if warp == "auto" else warp
         self.trunk, self.head = trunk.eval().to(self.device), head.eval().to(self.device)
         self.crop_size = int(crop_size)
@@ -403,7 +462,8 @@ class RCNNFeatures(WindowExtractor):
     def from_config(cls, f, trunk: Trunk, head: FCHead) -> "RCNNFeatures":
         return cls(trunk, head, crop_size=f.rcnn_crop_size, context_pad=f.rcnn_context_pad,
                    levels=head.levels or (6, 3, 2, 1),
-                   batch_size=f.batch_size, crop_batch_size=f.rcnn_crop_batch_size, device=f.device)
+                   batch_size=f.batch_size, crop_batch_size=f.rcnn_crop_batch_size, device=f.device,
+                   precision=f.precision)
 
     def image_source(self, image: np.ndarray) -> np.ndarray:
         return image
@@ -456,16 +516,16 @@ class RCNNFeatures(WindowExtractor):
                 seconds["pool"] += t3 - t2
         return pooled, inverse
 
-    def extract(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
+    def extract_tensors(self, image: np.ndarray, boxes: np.ndarray, layers: Sequence[str] = ("fc7",)):
         layers = _check_layers(layers)
         seconds = {"warp": 0.0, "conv": 0.0, "pool": 0.0, "fc": 0.0}
         pooled, inverse = self.pool(image, boxes, seconds)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            unique_feats = _head_layers(self.head, pooled, layers, self.batch_size)
-        feats = {k: v[inverse] for k, v in unique_feats.items()}
+            unique_feats = _head_tensors(self.head, pooled, layers, self.batch_size, self.precision)
+            _sync(self.device)
         seconds["fc"] = time.perf_counter() - t0
-        return feats, seconds
+        return unique_feats, inverse, seconds
 
 
 def compress_head(head: FCHead, rank: int) -> FCHead:

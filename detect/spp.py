@@ -136,6 +136,29 @@ def _lookup_indices(cells: np.ndarray, n: int, h: int, w: int, kw_count: int) ->
     return [base + Y0 * w + X0, base + Y0 * w + X1, base + Y1 * w + X0, base + Y1 * w + X1]
 
 
+def _lookup_indices_torch(cells: torch.Tensor, n: int, h: int, w: int, kw_count: int) -> list[torch.Tensor]:
+    """:func:`_lookup_indices` in torch on the cells' own device (int64 Tensor[N, 4]), so
+    that a GPU kernel sends the device N cells instead of 4 N n^2 indices: the same integer
+    arithmetic (floor divisions; floor log2 by ``frexp``), the same indices."""
+    i = torch.arange(n, dtype=torch.int64, device=cells.device)
+
+    def edges(start, length):
+        lo = start[:, None] + torch.div(i[None] * length[:, None], n, rounding_mode="floor")
+        hi = start[:, None] - torch.div(-(i[None] + 1) * length[:, None], n, rounding_mode="floor") - 1
+        return lo, hi
+
+    x_lo, x_hi = edges(cells[:, 0], cells[:, 2] - cells[:, 0] + 1)
+    y_lo, y_hi = edges(cells[:, 1], cells[:, 3] - cells[:, 1] + 1)
+    kx = torch.frexp((x_hi - x_lo + 1).double()).exponent.long() - 1
+    ky = torch.frexp((y_hi - y_lo + 1).double()).exponent.long() - 1
+    x_far = x_hi - (torch.ones_like(kx) << kx) + 1
+    y_far = y_hi - (torch.ones_like(ky) << ky) + 1
+    Y0, Y1, KY = y_lo[:, :, None], y_far[:, :, None], ky[:, :, None]
+    X0, X1, KX = x_lo[:, None, :], x_far[:, None, :], kx[:, None, :]
+    base = (KY * kw_count + KX) * (h * w)
+    return [base + Y0 * w + X0, base + Y0 * w + X1, base + Y1 * w + X0, base + Y1 * w + X1]
+
+
 # windows per chunk: keeps the lookups' temporaries in cache
 POOL_CHUNK = 32
 # fewest windows per worker thread: below this a thread costs more than it saves
@@ -285,13 +308,13 @@ def spatial_pyramid_pool_torch(feature_map: torch.Tensor, cells, levels: Sequenc
         base = feature_map.detach().permute(1, 2, 0).contiguous()  # [H, W, C]
         table = _sparse_table(base, max_kh, max_kw)
         flat = table.reshape(-1, c)
+        device_cells = torch.from_numpy(cells).to(feature_map.device)
         for s in range(0, len(cells), TORCH_POOL_CHUNK):
-            part = cells[s : s + TORCH_POOL_CHUNK]
+            part = device_cells[s : s + TORCH_POOL_CHUNK]
             b = len(part)
             pooled = {}
             for n in looked_up:
-                corners = [torch.from_numpy(k.reshape(-1)).to(feature_map.device)
-                           for k in _lookup_indices(part, n, h, w, max_kw + 1)]
+                corners = [k.reshape(-1) for k in _lookup_indices_torch(part, n, h, w, max_kw + 1)]
                 p = flat.index_select(0, corners[0])
                 for extra in corners[1:]:
                     p = torch.maximum(p, flat.index_select(0, extra))

@@ -40,6 +40,21 @@ def test_spp_shapes_layers_and_dedup(net):
     assert empty["fc7"].shape == (0, 64)
 
 
+def test_distinct_windows_are_the_distinct_rows_of_their_cell_keys(net):
+    """The scalar code SPPFeatures.distinct_windows sorts by gives np.unique(keys, axis=0)."""
+    trunk, head = net
+    spp = SPPFeatures(trunk, head, scales=(100, 150, 220), scale_target_size=40)
+    b = boxes(n=300)
+    maps = spp.compute_maps(image())
+    unique, inverse = spp.distinct_windows(maps, b)
+    keys = unique[inverse]  # every box's (scale, cells) row
+    assert len(np.unique(keys[:, 0])) == 3  # windows pooled at every scale
+    ref_unique, ref_inverse = np.unique(keys, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(unique, ref_unique)
+    np.testing.assert_array_equal(inverse, ref_inverse.reshape(-1))
+    assert len(unique) < len(b)
+
+
 def test_maps_cache_round_trip(net):
     trunk, head = net
     spp = SPPFeatures(trunk, head, scales=(150, 220))
