@@ -129,8 +129,8 @@ class FeatureConfig:
     # where the network layers run: cpu, cuda or cuda:N (on a GPU, SPP pooling, R-CNN's
     # warps, scoring, box regression and NMS run there too)
     device: str = "cpu"
-    # what the network layers compute in: float32, or bfloat16 / float16 (torch.autocast;
-    # mixed precision, for GPUs); pretraining and fine-tuning train in float32 regardless
+    # what the fc layers compute in: float32, or bfloat16 / float16 (torch.autocast: mixed
+    # precision, for GPUs); conv layers, pretraining and fine-tuning stay float32
     precision: str = "float32"
 
 

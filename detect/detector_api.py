@@ -138,12 +138,25 @@ class Detector:
         """Every window's class scores [M, K] and per-class regressed boxes [M, K, 4] (None
         without regressors), before NMS; ``timings`` holds the seconds per stage
         (``proposals`` too when they were computed here). With :meth:`postprocess`, the
-        detections with and without box regression come from the same scores."""
+        detections with and without box regression come from the same scores. With the
+        post-processing on the device they are computed there, and only they (not the
+        windows' features) come back."""
         image = self.load_image(image)
         seconds = None
         if proposals is None:
             proposals, seconds = self.propose(image)
-        scored = score_image(self.model, self.features.extract, image, _check_proposals(proposals, "proposals"))
+        proposals = _check_proposals(proposals, "proposals")
+        if self.postprocess_on == "device":
+            # scores and regressed boxes computed on the device; only they come back
+            from detect.device_postprocess import score_image_on_device
+
+            _, scores, class_boxes, timings = score_image_on_device(self.model, self.features.extractor, image,
+                                                                    proposals)
+            scored = WindowScores(proposals, scores.cpu().numpy(),
+                                  None if class_boxes is None else class_boxes.cpu().numpy(),
+                                  tuple(image.shape[:2]), timings)
+        else:
+            scored = score_image(self.model, self.features.extract, image, proposals)
         if seconds is not None:
             scored.timings["proposals"] = seconds
         return scored

@@ -46,6 +46,7 @@ __all__ = [
     "greedy_nms_mask",
     "batched_nms_topk",
     "detections_from_scores_tensor",
+    "score_image_on_device",
     "detect_image_on_device",
 ]
 
@@ -207,12 +208,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def detect_image_on_device(model, extractor, image: np.ndarray, boxes: np.ndarray) -> tuple[Detections, dict]:
-    """:func:`detect.testing.detect_image` with the features left on ``extractor``'s
+def score_image_on_device(model, extractor, image: np.ndarray, boxes: np.ndarray):
+    """:func:`detect.testing.score_image` with the features left on ``extractor``'s
     device: window features of the distinct windows
-    (:meth:`detect.features.WindowExtractor.extract_tensors`), class scores, box regression
-    and NMS there; only the detections come back. Returns the detections and the seconds
-    per stage (``svm``, ``bbox_reg`` and ``nms`` beside the extractor's)."""
+    (:meth:`detect.features.WindowExtractor.extract_tensors`), class scores and per-class
+    regressed boxes there. Returns (windows Tensor[N, 4], scores Tensor[N, K], class boxes
+    Tensor[N, K, 4] or None, {stage: seconds}), all on the device."""
     from detect.testing import model_layers
 
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -230,10 +231,22 @@ def detect_image_on_device(model, extractor, image: np.ndarray, boxes: np.ndarra
             deltas = model.regressor.predict_all_classes_tensor(feats[model.bbox_layer])[rows]  # [N, K, 4]
             class_boxes = apply_bbox_deltas_tensor(windows[:, None, :], deltas)
         _sync(device)
-        t2 = time.perf_counter()
-        tcfg = model.config.test
+    timings = {k: float(v) for k, v in timings.items()}
+    timings.update(svm=t1 - t0, bbox_reg=time.perf_counter() - t1)
+    return windows, scores, class_boxes, timings
+
+
+def detect_image_on_device(model, extractor, image: np.ndarray, boxes: np.ndarray) -> tuple[Detections, dict]:
+    """:func:`detect.testing.detect_image` on ``extractor``'s device: scores and regressed
+    boxes (:func:`score_image_on_device`) and NMS there; only the detections come back.
+    Returns the detections and the seconds per stage (``svm``, ``bbox_reg`` and ``nms``
+    beside the extractor's)."""
+    windows, scores, class_boxes, timings = score_image_on_device(model, extractor, image, boxes)
+    t0 = time.perf_counter()
+    tcfg = model.config.test
+    with torch.inference_mode():
         det = detections_from_scores_tensor(windows, scores, tuple(image.shape[:2]), nms_iou=tcfg.nms_iou,
                                             max_per_class=tcfg.max_per_class, score_threshold=tcfg.score_threshold,
                                             class_boxes=class_boxes)
-    t3 = time.perf_counter()
-    return det, {**{k: float(v) for k, v in timings.items()}, "svm": t1 - t0, "bbox_reg": t2 - t1, "nms": t3 - t2}
+    timings["nms"] = time.perf_counter() - t0
+    return det, timings

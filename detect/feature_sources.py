@@ -4,8 +4,9 @@ extractor, and for training a disk cache of conv5 maps.
 Training reads every training image's windows twice (positives, then the mining pass).
 SPP-net's conv layers are frozen, so each image's conv5 maps are computed once and cached
 in float16 (``<cache_dir>/features/conv5-<trunk>-<key>/<image_id>.npz``, keyed by the
-trunk's weights, the scales, the size cap and the precision the conv layers ran in, each
-entry by its image file's content; see :class:`sppcore.fileio.KeyedEntries`), and windows are pooled from them on demand. The
+trunk's weights, the scales and the size cap (the conv layers run in float32 whatever
+``features.precision``), each entry by its image file's content; see
+:class:`sppcore.fileio.KeyedEntries`), and windows are pooled from them on demand. The
 extractor rounds conv5 to float16 whether the maps come from this cache or not, so training
 and testing see the same values: this is how a 1-scale VOC07 trainval run needs about 6 GB of disk for its features
 (AlexNet, s = 688) where per-window fc7 features would take 82 GB. R-CNN has nothing to share between windows and recomputes.
@@ -84,7 +85,7 @@ class WindowFeatures:
     def _conv_entries(self) -> KeyedEntries:
         f = self.cfg.features
         key = {"version": CONV_CACHE_VERSION, "trunk": self.cfg.network.trunk, "weights": network_digest(self.trunk),
-               "scales": list(f.scales), "max_side": f.max_side, "precision": f.precision}
+               "scales": list(f.scales), "max_side": f.max_side}
         directory = keyed_directory(self.cache_root, f"conv5-{self.cfg.network.trunk}", key, describe={
             **key, "network": config_to_dict(self.cfg.network), "dtype": "float16"})
         return KeyedEntries(directory, key, what="conv5 cache entry")

@@ -188,6 +188,12 @@ def test_detector_on_the_device_gives_the_host_detections(tiny_model, device):
             matched += bool(np.abs(ref.boxes[best] - box).max() < 1e-2 and abs(ref.scores[best] - score) < 1e-4)
         total += len(got)
     assert total > 0 and matched >= 0.99 * total
+    # the scores before NMS too (Detector.score): computed there, only they come back
+    image, boxes = dataset.load_image(dataset.image_ids[0]), store[dataset.image_ids[0]]
+    got, ref = on_device.score(image, boxes), on_host.score(image, boxes)
+    assert isinstance(got.scores, np.ndarray) and got.scores.shape == ref.scores.shape
+    np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.class_boxes, ref.class_boxes, atol=1e-2)
     with pytest.raises(ValueError, match="postprocess"):
         Detector(on_device.model, on_device.features, postprocess="gpu")
 
@@ -218,17 +224,31 @@ def test_mixed_precision_features_are_near_the_float32_ones(device):
         SPPFeatures(trunk, head, precision="half")
 
 
-def test_precision_is_a_checked_setting_and_keys_the_conv5_cache(tmp_path):
+def test_precision_is_a_checked_setting_keyed_where_it_matters(tmp_path):
+    """features.precision changes the fc layers' outputs, so models and detections are keyed
+    by it (keyed_settings' features section); the conv layers run in float32 whatever it
+    is, so conv5 maps computed once serve every precision."""
     from detect.config import ConfigError, keyed_settings, load_config
     from detect.feature_sources import WindowFeatures
 
+    from detect.config import RULES
+    from detect.features import PRECISIONS
+
+    assert tuple(RULES["features.precision"].values) == tuple(PRECISIONS)
     with pytest.raises(ConfigError, match="features.precision: unknown precision 'float64'"):
         load_config(None, ["features.precision=float64"])
     dirs = {}
     for precision in ("float32", "bfloat16"):
         cfg = load_config(None, ["network.trunk=compact", "network.weights=random", "network.fc_dim=64",
                                  f"features.precision={precision}"])
-        assert keyed_settings(cfg)["features"]["precision"] == precision  # models and detections too
-        dirs[precision] = WindowFeatures.from_config(cfg, cache_root=str(tmp_path))._conv_entries().directory
-    # conv5 maps computed in one precision are never served to a run in another
-    assert dirs["float32"] != dirs["bfloat16"]
+        assert keyed_settings(cfg)["features"]["precision"] == precision
+        features = WindowFeatures.from_config(cfg, cache_root=str(tmp_path))
+        dirs[precision] = features._conv_entries().directory
+        img = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+        maps = features.extractor.compute_maps(img)
+        if precision == "float32":
+            exact = maps
+        else:
+            for a, b in zip(maps.maps, exact.maps):
+                assert torch.equal(a, b)
+    assert dirs["float32"] == dirs["bfloat16"]
