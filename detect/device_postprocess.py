@@ -50,6 +50,10 @@ __all__ = [
     "detect_image_on_device",
 ]
 
+# box pairs compared at once by batched_nms_topk (its blocks' size follows): each float64
+# temporary of a block's IoUs is then 256 MB at most
+NMS_PAIRS = 2**25
+
 # log(1000 / 16): the cap on regressed log-scale changes (sppcore.boxes.apply_bbox_deltas)
 _MAX_LOG = float(np.log(1000.0 / 16))
 
@@ -146,10 +150,10 @@ def batched_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, iou: float, max_
     :func:`detect.detector.detections_from_scores` orders them.
 
     The ranking is taken in blocks (the first ``8 * max_keep`` boxes, then blocks that
-    double the prefix, as long as a class has fewer than ``max_keep`` kept boxes and
-    candidates left): a block's boxes are suppressed by the boxes kept before it (at most
-    ``max_keep`` per class matter) and by each other (:func:`greedy_nms_mask`), so no pair
-    of boxes is compared twice."""
+    double the prefix, each of at most about ``sqrt(NMS_PAIRS / K)`` boxes, as long as a
+    class has fewer than ``max_keep`` kept boxes and candidates left): a block's boxes are
+    suppressed by the boxes kept before it (at most ``max_keep`` per class matter) and by
+    each other (:func:`greedy_nms_mask`), so no pair of boxes is compared twice."""
     k, n = scores.shape
     device = scores.device
     if k == 0 or n == 0 or max_keep <= 0:
@@ -161,7 +165,9 @@ def batched_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, iou: float, max_
     ranked = torch.gather(boxes, 1, order[:, :, None].expand(k, n, 4))
     keep = torch.zeros((k, n), dtype=torch.bool, device=device)
     kept_boxes = kept_valid = None
-    start, end = 0, min(n, 8 * max_keep)
+    # blocks of at most `most` boxes: about NMS_PAIRS pairs compared at once, whatever K
+    most = max(16, int((NMS_PAIRS / k) ** 0.5) - max_keep)
+    start, end = 0, min(n, 8 * max_keep, most)
     while True:
         keep[:, start:end] = greedy_nms_mask(ranked[:, start:end], valid[:, start:end], iou, kept_boxes, kept_valid)
         if end == n:
@@ -174,7 +180,7 @@ def batched_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, iou: float, max_
         first = torch.sort((~keep[:, :end]).to(torch.uint8), dim=1, stable=True).indices[:, :m]
         kept_boxes = torch.gather(ranked, 1, first[:, :, None].expand(k, m, 4))
         kept_valid = torch.gather(keep, 1, first)
-        start, end = end, min(n, 2 * end)
+        start, end = end, min(n, end + min(end, most))
     keep &= keep.cumsum(1) <= max_keep
     cls, pos = keep.nonzero(as_tuple=True)  # row-major: by class, then by rank
     return cls, order[cls, pos]

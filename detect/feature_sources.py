@@ -4,7 +4,8 @@ extractor, and for training a disk cache of conv5 maps.
 Training reads every training image's windows twice (positives, then the mining pass).
 SPP-net's conv layers are frozen, so each image's conv5 maps are computed once and cached
 in float16 (``<cache_dir>/features/conv5-<trunk>-<key>/<image_id>.npz``, keyed by the
-trunk's weights, the scales and the size cap (the conv layers run in float32 whatever
+trunk's weights, the scales, the size cap and where the conv layers ran
+(:func:`detect.features.layer_numerics`; they run in float32 whatever
 ``features.precision``), each entry by its image file's content; see
 :class:`sppcore.fileio.KeyedEntries`), and windows are pooled from them on demand. The
 extractor rounds conv5 to float16 whether the maps come from this cache or not, so training
@@ -83,9 +84,12 @@ class WindowFeatures:
     # ----------------------------------------------------------------------- training
 
     def _conv_entries(self) -> KeyedEntries:
+        from detect import features as features_module
+
         f = self.cfg.features
         key = {"version": CONV_CACHE_VERSION, "trunk": self.cfg.network.trunk, "weights": network_digest(self.trunk),
-               "scales": list(f.scales), "max_side": f.max_side}
+               "scales": list(f.scales), "max_side": f.max_side,
+               "numerics": features_module.layer_numerics(self.extractor.device)}
         directory = keyed_directory(self.cache_root, f"conv5-{self.cfg.network.trunk}", key, describe={
             **key, "network": config_to_dict(self.cfg.network), "dtype": "float16"})
         return KeyedEntries(directory, key, what="conv5 cache entry")

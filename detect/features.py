@@ -72,6 +72,7 @@ __all__ = [
     "intra_op_threads",
     "autocast",
     "PRECISIONS",
+    "layer_numerics",
 ]
 
 LAYERS = ("pool5", "fc6", "fc7")
@@ -145,6 +146,20 @@ def resolve_device(name) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"features.device: {name!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def layer_numerics(device) -> dict:
+    """What the network layers' outputs depend on where they run, besides their weights,
+    inputs and settings: on the CPU the instruction set of torch's kernels
+    (sppcore/kernels.py pins it); on a GPU whether cuDNN's convolutions and cuBLAS's float32
+    products may use TF32. Part of the key of everything computed from those outputs (the
+    conv5 cache, models, detections), so that features computed elsewhere are never served
+    as if computed here."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return {"device": "cpu", "cpu_kernels": str(torch.backends.cpu.get_cpu_capability())}
+    return {"device": device.type, "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
 
 
 def _sync(device: torch.device) -> None:

@@ -75,7 +75,8 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
     ``cfg``; returns the model directory.
 
     A model directory sealed by a run with the same key (the whole config, the training
-    images and annotations, the network's weights) is up to date and returned as it is;
+    images and annotations, the network's weights, where the layers ran:
+    :func:`detect.features.layer_numerics`) is up to date and returned as it is;
     otherwise the model is trained, resuming from ``work/`` when that holds checkpoints of
     the same training, and the directory is rewritten and sealed (:mod:`detect.model`).
 
@@ -97,7 +98,8 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
     features = WindowFeatures.from_config(cfg, cache_root=os.path.join(cfg.cache_dir, "features"))
     identity = dataset_identity(dataset)
     model_key = {"config": _model_config_key(cfg), "data": identity, "proposals": proposal_key(cfg),
-                 "network": network_digest(features.trunk, features.head), "layout": WORK_LAYOUT}
+                 "network": network_digest(features.trunk, features.head), "layout": WORK_LAYOUT,
+                 "numerics": _layer_numerics(features)}
     if sealed_model_key(out_dir) == stable_hash(model_key):
         log.info("%s: up to date (trained with the same settings, data and network)", out_dir)
         return out_dir
@@ -116,7 +118,7 @@ def train(cfg: Config, out_dir: str | None = None, num_images: int | None = None
             if not world.is_main:
                 return out_dir
         work_dir = os.path.join(out_dir, "work")
-        _reset_stale_work_dir(work_dir, cfg, identity, model_key["network"])
+        _reset_stale_work_dir(work_dir, cfg, identity, model_key["network"], model_key["numerics"])
         result = train_detector(cfg, dataset, store, features.feature_fn(dataset), work_dir, progress)
         result.report["seconds"]["proposals"] = store.wait().fill_seconds
         # from here on the directory is rewritten: unsealed until the new model is complete
@@ -151,17 +153,35 @@ def _resume_key(cfg: Config, sections, identity, network: str, **extra) -> str:
                        | extra)
 
 
-def _reset_stale_work_dir(work_dir: str, cfg: Config, identity, network: str) -> None:
+def _layer_numerics(features) -> dict:
+    """:func:`detect.features.layer_numerics` of the device ``features``' layers run on."""
+    from detect import features as features_module
+
+    return features_module.layer_numerics(features.extractor.device)
+
+
+def _gpu_numerics(device: str) -> dict:
+    """``{"numerics": layer_numerics(device)}`` for a network trained on a GPU, nothing on
+    the CPU (whose kernels the training keys hold as ``cpu_kernels`` already, so that
+    networks trained before GPUs were keyed keep their keys)."""
+    from detect import features as features_module
+
+    if device == "cpu":
+        return {}
+    return {"numerics": features_module.layer_numerics(device)}
+
+
+def _reset_stale_work_dir(work_dir: str, cfg: Config, identity, network: str, numerics: dict) -> None:
     """The checkpoints in ``work_dir`` (positives, mining state) serve only a rerun of the
     same training: features, network weights, classifier type, SVM / regression settings,
-    images and annotations, proposals. A work directory left by other settings (or with an
+    images and annotations, proposals, where the layers ran (``numerics``). A work directory left by other settings (or with an
     unreadable key) is emptied, so that a model directory reused with a new config never
     trains on stale features."""
     import json
     import shutil
 
     key = _resume_key(cfg, ("data", "proposals", "features", "svm", "bbox_reg"), identity, network,
-                      layout=WORK_LAYOUT, classifier=cfg.classifier.type)
+                      layout=WORK_LAYOUT, classifier=cfg.classifier.type, numerics=numerics)
     key_path = os.path.join(work_dir, "key.json")
     if os.path.isdir(work_dir):
         old = None
@@ -245,6 +265,7 @@ def test(model_dir: str, method: str | None = None, num_images: int | None = Non
     # existed keeps its key)
     test_settings = {k: v for k, v in config_to_dict(cfg.test).items() if k != "metric"}
     det_key = {"model": model.digest, "layout": 1, "proposal_store": proposal_key(cfg),
+               "numerics": _layer_numerics(detector.features),
                **{s: keyed_settings(cfg)[s] for s in ("network", "proposals", "features")},
                "test": test_settings}
     if world.parallel:
@@ -425,12 +446,13 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     # pretrained networks stay valid
     network_settings = {k: v for k, v in config_to_dict(cfg.network).items() if k != "levels"}
     # the trained network depends on the instruction set of torch's CPU kernels and on its
-    # threads (pretrain.threads, in the settings) beside the settings and the images
+    # threads (pretrain.threads, in the settings) beside the settings and the images, and,
+    # trained on a GPU (features.device), on that and its TF32 settings
     kernels = cpu_kernels()
     key = stable_hash({"pretrain": config_to_dict(cfg.pretrain), "network": network_settings,
                        "levels": list(cfg.network.levels), "classes": list(data_cfg.data.classes),
                        "train": dataset_identity(train_ds), "val": dataset_identity(val_ds), "seed": cfg.seed,
-                       "cpu_kernels": kernels})
+                       "cpu_kernels": kernels, **_gpu_numerics(cfg.features.device)})
     sealed_files = [os.path.basename(path), os.path.basename(path) + ".json", os.path.basename(report_path)]
     runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
     runs = []  # finished runs with these settings are kept: only the missing ones train
@@ -519,7 +541,8 @@ def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = Tr
     # like pretraining, the fine-tuned layers depend on the CPU kernels and the threads
     # (finetune.threads, in the settings)
     key = _resume_key(cfg, ("network", "data", "proposals", "features", "finetune"), dataset_identity(dataset),
-                      network_digest(features.trunk, head), cpu_kernels=cpu_kernels())
+                      network_digest(features.trunk, head), cpu_kernels=cpu_kernels(),
+                      **_gpu_numerics(cfg.features.device))
     manifest, _ = read_seal(out_dir)
     if manifest is not None and manifest["key"] == stable_hash(key) and set(manifest["files"]) == set(sealed_files):
         log.info("fine-tuning: reusing %s (fine-tuned with the same settings, data and network)", out_path)

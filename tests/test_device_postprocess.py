@@ -112,6 +112,20 @@ def test_the_ranking_prefix_grows_until_it_holds_the_top_k(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_small_blocks_give_the_same_detections(device, monkeypatch):
+    """The blocks' size bound (NMS_PAIRS) changes how the ranking is cut, not the result."""
+    import detect.device_postprocess as dp
+
+    rng = np.random.default_rng(11)
+    boxes = random_boxes(rng, 700, side=300, max_size=200)
+    scores = rng.normal(size=(700, 3)).astype(np.float32)
+    ref = detections_from_scores(boxes, scores, (320, 400), 0.3, 60)
+    monkeypatch.setattr(dp, "NMS_PAIRS", 3 * 100**2)  # blocks of 40 boxes for 3 classes
+    got = detections_from_scores_tensor(t(boxes, device), t(scores, device), (320, 400), 0.3, 60)
+    assert_same_detections(got, ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_empty_inputs(device):
     none = detections_from_scores_tensor(torch.zeros((0, 4), device=device), torch.zeros((0, 3), device=device),
                                          (10, 10))
@@ -252,3 +266,19 @@ def test_precision_is_a_checked_setting_keyed_where_it_matters(tmp_path):
             for a, b in zip(maps.maps, exact.maps):
                 assert torch.equal(a, b)
     assert dirs["float32"] == dirs["bfloat16"]
+
+
+def test_where_the_layers_ran_keys_the_conv5_cache(tmp_path, monkeypatch):
+    """layer_numerics: the CPU kernels' instruction set here, TF32 on a GPU; conv5 maps
+    computed with others are never served (models and detections: tests/test_faults.py)."""
+    import detect.features as features_module
+    from detect.config import load_config
+    from detect.feature_sources import WindowFeatures
+
+    here = features_module.layer_numerics("cpu")
+    assert here == {"device": "cpu", "cpu_kernels": str(torch.backends.cpu.get_cpu_capability())}
+    cfg = load_config(None, ["network.trunk=compact", "network.weights=random", "network.fc_dim=64"])
+    first = WindowFeatures.from_config(cfg, cache_root=str(tmp_path))._conv_entries().directory
+    assert WindowFeatures.from_config(cfg, cache_root=str(tmp_path))._conv_entries().directory == first
+    monkeypatch.setattr(features_module, "layer_numerics", lambda device: {**here, "cpu_kernels": "OTHER"})
+    assert WindowFeatures.from_config(cfg, cache_root=str(tmp_path))._conv_entries().directory != first

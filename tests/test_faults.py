@@ -168,6 +168,37 @@ def test_test_net_with_other_settings_into_the_same_out_recomputes(world):
     assert again["map"] == new["map"] and again["ap_per_class"] == new["ap_per_class"]
 
 
+def test_features_computed_elsewhere_are_never_reused(world, tmp_path, monkeypatch):
+    """Where the network layers ran (detect.features.layer_numerics: the CPU kernels'
+    instruction set, TF32 on a GPU) keys the conv5 cache, the model and the detections: a
+    run where they differ recomputes all three, a run where they match reuses them."""
+    import glob
+
+    import detect.features as features_module
+    from detect.detector_api import Detector
+    from detect.model import sealed_model_key
+
+    model, out = str(tmp_path / "model"), str(tmp_path / "test")
+    shutil.copytree(world["model"], model)
+    calls = []
+    detect_with_timings = Detector.detect_with_timings
+    monkeypatch.setattr(Detector, "detect_with_timings", lambda self, *a: calls.append(1) or detect_with_timings(self, *a))
+    conv5 = lambda: len(glob.glob(str(world["out"] / "cache" / "features" / "conv5-*")))  # noqa: E731
+    before, key = conv5(), sealed_model_key(model)
+    argv = ["--set", *world["overrides"], "--out", model, "--quiet"]
+    assert run_tool("train_svm", argv) == 0 and sealed_model_key(model) == key and conv5() == before  # up to date
+    assert run_tool("test_net", ["--model", model, "--out", out, "--quiet"]) == 0
+    images = len(calls)
+    assert images > 0 and run_tool("test_net", ["--model", model, "--out", out, "--quiet"]) == 0
+    assert len(calls) == images  # every detection reused
+    here = features_module.layer_numerics
+    monkeypatch.setattr(features_module, "layer_numerics", lambda device: {**here(device), "cpu_kernels": "OTHER"})
+    assert run_tool("train_svm", argv) == 0
+    assert sealed_model_key(model) != key and conv5() == before + 1  # retrained, from conv5 maps of its own
+    assert run_tool("test_net", ["--model", model, "--out", out, "--quiet"]) == 0
+    assert len(calls) == 2 * images  # detected afresh
+
+
 def test_retrain_killed_keeps_the_old_model_and_a_finished_one_is_tested_afresh(world, tmp_path):
     from detect.model import load_model
 

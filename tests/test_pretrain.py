@@ -126,6 +126,11 @@ def test_pretraining_runs_on_its_own_threads_and_is_keyed_by_them_and_the_kernel
     monkeypatch.setattr(pipeline, "cpu_kernels", lambda: other_kernels)
     other = pipeline.run_pretraining(one, progress=False)
     assert seen == [2, 1, 1] and other["cpu_kernels"] == other_kernels
+    # trained on a GPU, the network is keyed by that too (detect.features.layer_numerics)
+    assert pipeline._gpu_numerics("cpu") == {}
+    assert pipeline._gpu_numerics("cuda")["numerics"]["device"] == "cuda"
+    monkeypatch.setattr(pipeline, "_gpu_numerics", lambda device: {"numerics": {"device": "elsewhere"}})
+    assert pipeline.run_pretraining(one, progress=False)["key"] != other["key"] and seen == [2, 1, 1, 1]
 
 
 def test_intra_op_threads_zero_leaves_torch_alone():
