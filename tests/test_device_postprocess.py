@@ -282,3 +282,23 @@ def test_where_the_layers_ran_keys_the_conv5_cache(tmp_path, monkeypatch):
     assert WindowFeatures.from_config(cfg, cache_root=str(tmp_path))._conv_entries().directory == first
     monkeypatch.setattr(features_module, "layer_numerics", lambda device: {**here, "cpu_kernels": "OTHER"})
     assert WindowFeatures.from_config(cfg, cache_root=str(tmp_path))._conv_entries().directory != first
+
+
+def test_precision_bench_compares_the_device_and_host_post_processing(tiny_model):
+    """bench/precision.py's agreement check, on the CPU: every detection alike."""
+    import importlib.util
+    import os
+
+    from detect.detector_api import Detector
+    from detect.stages import build_proposal_store, open_dataset
+    from tooling import ROOT
+
+    spec = importlib.util.spec_from_file_location("precision", os.path.join(ROOT, "bench", "precision.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _, model, _ = tiny_model
+    cfg = Detector.load(model).config
+    dataset = open_dataset(cfg, cfg.data.test_set)
+    store = build_proposal_store(cfg, dataset, progress=False)
+    got = bench.host_device_agreement(model, ["features.device=cpu"], dataset, store, 2)
+    assert got["images"] == 2 and got["detections"] > 0 and got["matched"] >= 0.99 * got["detections"]
