@@ -134,6 +134,15 @@ class Detector:
         boxes = compute_proposals(image, self.config.proposals)
         return _check_proposals(boxes, "proposals"), time.perf_counter() - t0
 
+    def _image_and_proposals(self, image, proposals):
+        """(the image as an array, its checked proposals, the seconds selective search took
+        when it ran here, else None)."""
+        image = self.load_image(image)
+        seconds = None
+        if proposals is None:
+            proposals, seconds = self.propose(image)
+        return image, _check_proposals(proposals, "proposals"), seconds
+
     def score(self, image, proposals=None) -> WindowScores:
         """Every window's class scores [M, K] and per-class regressed boxes [M, K, 4] (None
         without regressors), before NMS; ``timings`` holds the seconds per stage
@@ -141,11 +150,7 @@ class Detector:
         detections with and without box regression come from the same scores. With the
         post-processing on the device they are computed there, and only they (not the
         windows' features) come back."""
-        image = self.load_image(image)
-        seconds = None
-        if proposals is None:
-            proposals, seconds = self.propose(image)
-        proposals = _check_proposals(proposals, "proposals")
+        image, proposals, seconds = self._image_and_proposals(image, proposals)
         if self.postprocess_on == "device":
             # scores and regressed boxes computed on the device; only they come back
             from detect.device_postprocess import score_image_on_device
@@ -175,12 +180,8 @@ class Detector:
         if self.postprocess_on == "device":
             from detect.device_postprocess import detect_image_on_device
 
-            image = self.load_image(image)
-            seconds = None
-            if proposals is None:
-                proposals, seconds = self.propose(image)
-            det, timings = detect_image_on_device(self.model, self.features.extractor, image,
-                                                  _check_proposals(proposals, "proposals"))
+            image, proposals, seconds = self._image_and_proposals(image, proposals)
+            det, timings = detect_image_on_device(self.model, self.features.extractor, image, proposals)
             if seconds is not None:
                 timings["proposals"] = seconds
             return det, timings
