@@ -109,50 +109,37 @@ def _sparse_table(base, max_kh: int, max_kw: int):
     return table
 
 
-def _floor_log2(x: np.ndarray) -> np.ndarray:
-    # exact for positive integers below 2^52 (bin sizes)
+def _floor_log2(x):
+    """floor(log2(x)) of positive integers (numpy or torch, int64 back); exact below 2^52
+    (bin sizes)."""
+    if isinstance(x, torch.Tensor):
+        return torch.frexp(x.double()).exponent.long() - 1
     return np.frexp(x.astype(np.float64))[1].astype(np.int64) - 1
 
 
-def _bin_edges_np(start: np.ndarray, length: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive bin ranges [N, n] of windows (start, length in cells): the paper's rule."""
-    i = np.arange(n, dtype=np.int64)
+def _bin_edges(start, length, n: int):
+    """Inclusive bin ranges [N, n] of windows (start, length in cells; numpy or torch):
+    the paper's rule."""
+    if isinstance(start, torch.Tensor):
+        i = torch.arange(n, dtype=torch.int64, device=start.device)
+    else:
+        i = np.arange(n, dtype=np.int64)
     lo = start[:, None] + (i[None] * length[:, None]) // n
     hi = start[:, None] + -((-(i[None] + 1) * length[:, None]) // n) - 1
     return lo, hi
 
 
-def _lookup_indices(cells: np.ndarray, n: int, h: int, w: int, kw_count: int) -> list[np.ndarray]:
-    """Row indices [N, n, n] into the flattened table of the four corners of every bin."""
-    x_lo, x_hi = _bin_edges_np(cells[:, 0], cells[:, 2] - cells[:, 0] + 1, n)
-    y_lo, y_hi = _bin_edges_np(cells[:, 1], cells[:, 3] - cells[:, 1] + 1, n)
+def _lookup_indices(cells, n: int, h: int, w: int, kw_count: int):
+    """Row indices [N, n, n] into the flattened table of the four corners of every bin.
+    ``cells``: int64 [N, 4], a numpy array (the CPU kernel) or a torch Tensor, whose own
+    device computes them (the torch kernel: a GPU then receives N cells rather than
+    4 N n^2 indices); floor divisions both ways, so the same indices."""
+    x_lo, x_hi = _bin_edges(cells[:, 0], cells[:, 2] - cells[:, 0] + 1, n)
+    y_lo, y_hi = _bin_edges(cells[:, 1], cells[:, 3] - cells[:, 1] + 1, n)
     kx = _floor_log2(x_hi - x_lo + 1)
     ky = _floor_log2(y_hi - y_lo + 1)
     x_far = x_hi - (1 << kx) + 1
     y_far = y_hi - (1 << ky) + 1
-    Y0, Y1, KY = y_lo[:, :, None], y_far[:, :, None], ky[:, :, None]
-    X0, X1, KX = x_lo[:, None, :], x_far[:, None, :], kx[:, None, :]
-    base = (KY * kw_count + KX) * (h * w)
-    return [base + Y0 * w + X0, base + Y0 * w + X1, base + Y1 * w + X0, base + Y1 * w + X1]
-
-
-def _lookup_indices_torch(cells: torch.Tensor, n: int, h: int, w: int, kw_count: int) -> list[torch.Tensor]:
-    """:func:`_lookup_indices` in torch on the cells' own device (int64 Tensor[N, 4]), so
-    that a GPU kernel sends the device N cells instead of 4 N n^2 indices: the same integer
-    arithmetic (floor divisions; floor log2 by ``frexp``), the same indices."""
-    i = torch.arange(n, dtype=torch.int64, device=cells.device)
-
-    def edges(start, length):
-        lo = start[:, None] + torch.div(i[None] * length[:, None], n, rounding_mode="floor")
-        hi = start[:, None] - torch.div(-(i[None] + 1) * length[:, None], n, rounding_mode="floor") - 1
-        return lo, hi
-
-    x_lo, x_hi = edges(cells[:, 0], cells[:, 2] - cells[:, 0] + 1)
-    y_lo, y_hi = edges(cells[:, 1], cells[:, 3] - cells[:, 1] + 1)
-    kx = torch.frexp((x_hi - x_lo + 1).double()).exponent.long() - 1
-    ky = torch.frexp((y_hi - y_lo + 1).double()).exponent.long() - 1
-    x_far = x_hi - (torch.ones_like(kx) << kx) + 1
-    y_far = y_hi - (torch.ones_like(ky) << ky) + 1
     Y0, Y1, KY = y_lo[:, :, None], y_far[:, :, None], ky[:, :, None]
     X0, X1, KX = x_lo[:, None, :], x_far[:, None, :], kx[:, None, :]
     base = (KY * kw_count + KX) * (h * w)
@@ -314,7 +301,7 @@ def spatial_pyramid_pool_torch(feature_map: torch.Tensor, cells, levels: Sequenc
             b = len(part)
             pooled = {}
             for n in looked_up:
-                corners = [k.reshape(-1) for k in _lookup_indices_torch(part, n, h, w, max_kw + 1)]
+                corners = [k.reshape(-1) for k in _lookup_indices(part, n, h, w, max_kw + 1)]
                 p = flat.index_select(0, corners[0])
                 for extra in corners[1:]:
                     p = torch.maximum(p, flat.index_select(0, extra))

@@ -166,12 +166,12 @@ def test_out_buffer_is_written_and_checked():
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
 def test_lookup_indices_on_the_device_are_the_numpy_ones(device):
-    from detect.spp import _lookup_indices, _lookup_indices_torch
+    from detect.spp import _lookup_indices
 
     rng = np.random.default_rng(9)
     cells = np.concatenate([random_cells(rng, 500, 43, 57), [[0, 0, 0, 0], [56, 42, 56, 42], [0, 0, 56, 42]]])
     for n in (1, 2, 3, 4, 6, 7):
         ref = _lookup_indices(cells, n, 43, 57, 7)
-        got = _lookup_indices_torch(torch.from_numpy(cells).to(device), n, 43, 57, 7)
+        got = _lookup_indices(torch.from_numpy(cells).to(device), n, 43, 57, 7)
         for r, g in zip(ref, got):
             np.testing.assert_array_equal(g.cpu().numpy(), r)
