@@ -131,18 +131,14 @@ class BoxRegressor:
     def predict_all_classes_tensor(self, features):
         """:meth:`predict_all_classes` of a Tensor [N, D] on any device: float32 Tensor
         [N, K, 4] there (the weights are copied to that device once)."""
-        import torch
+        from detect.device_postprocess import arrays_on_device
 
-        cache = self.__dict__.setdefault("_tensors", {})
-        key = str(features.device)
-        if key not in cache:
-            k, d, _ = self.weights.shape
-            # [D, K * 4]: one matrix product for every class
-            cache[key] = (torch.from_numpy(np.ascontiguousarray(self.weights.transpose(1, 0, 2).reshape(d, k * 4)))
-                          .to(features.device), torch.from_numpy(self.bias).to(features.device))
-        weights, bias = cache[key]
+        k, d, _ = self.weights.shape
+        # weights as [D, K * 4]: one matrix product for every class
+        t = arrays_on_device(self, features.device, weights=lambda: self.weights.transpose(1, 0, 2).reshape(d, k * 4),
+                             bias=self.bias)
         x = features.float() * self.feature_scale
-        return (x @ weights).reshape(len(x), -1, 4) + bias[None]
+        return (x @ t["weights"]).reshape(len(x), -1, 4) + t["bias"][None]
 
     def apply(self, boxes: np.ndarray, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Regressed boxes [N, 4] for windows ``boxes`` of classes ``labels``."""

@@ -32,17 +32,6 @@ from detect.detector import score_windows
 from sppcore.errors import UserError
 
 
-def _on_device(cache: dict, device, **arrays) -> dict:
-    """``arrays`` as torch tensors on ``device``, copied there once per device (``cache``
-    holds them)."""
-    import torch
-
-    key = str(device)
-    if key not in cache:
-        cache[key] = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in arrays.items()}
-    return cache[key]
-
-
 def _check_tensor(features, dim: int):
     if features.ndim != 2 or features.shape[1] != dim:
         raise ValueError(f"features must be [N, {dim}], got {list(features.shape)}")
@@ -92,7 +81,9 @@ class LinearSVMClassifier:
 
     def score_tensor(self, features):
         """:meth:`score` of a Tensor [N, D] on any device: float32 Tensor [N, K] there."""
-        t = _on_device(self.__dict__.setdefault("_tensors", {}), features.device, weights=self.weights, bias=self.bias)
+        from detect.device_postprocess import arrays_on_device
+
+        t = arrays_on_device(self, features.device, weights=self.weights, bias=self.bias)
         return _check_tensor(features, self.feature_dim).float() @ t["weights"].T + t["bias"]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -147,8 +138,10 @@ class SoftmaxClassifier:
         float32 Tensor [N, K] there."""
         import torch
 
-        t = _on_device(self.__dict__.setdefault("_tensors", {}), features.device,
-                       weights=self.weights.astype(np.float64), bias=self.bias.astype(np.float64))
+        from detect.device_postprocess import arrays_on_device
+
+        t = arrays_on_device(self, features.device, weights=lambda: self.weights.astype(np.float64),
+                             bias=lambda: self.bias.astype(np.float64))
         logits = _check_tensor(features, self.feature_dim).double() @ t["weights"].T + t["bias"]
         return torch.softmax(logits, dim=1)[:, 1:].float()
 

@@ -39,6 +39,7 @@ import torch
 from detect.detector import Detections
 
 __all__ = [
+    "arrays_on_device",
     "box_iou_tensor",
     "clip_boxes_tensor",
     "apply_bbox_deltas_tensor",
@@ -56,6 +57,20 @@ NMS_PAIRS = 2**25
 
 # log(1000 / 16): the cap on regressed log-scale changes (sppcore.boxes.apply_bbox_deltas)
 _MAX_LOG = float(np.log(1000.0 / 16))
+
+
+def arrays_on_device(owner, device, **arrays) -> dict:
+    """``arrays`` as torch tensors on ``device``, copied there once per device and kept on
+    ``owner`` (a classifier or regressor, whose arrays do not change): what the
+    ``score_tensor`` / ``predict_all_classes_tensor`` methods multiply by. Each value is a
+    numpy array or a function giving one, called only when the copy is made (so that
+    preparing it costs nothing on later calls)."""
+    cache = owner.__dict__.setdefault("_tensors", {})
+    key = str(device)
+    if key not in cache:
+        cache[key] = {name: torch.from_numpy(np.ascontiguousarray(a() if callable(a) else a)).to(device)
+                      for name, a in arrays.items()}
+    return cache[key]
 
 
 def box_iou_tensor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
