@@ -21,8 +21,6 @@ import platform
 import sys
 import time
 
-import numpy as np
-
 
 def build_parser() -> argparse.ArgumentParser:
     from detect.cli import BUILTIN_FIVE_SCALES
@@ -45,6 +43,7 @@ def host_device_agreement(model_dir: str, overrides, dataset, store, num: int) -
     and on the host (numpy), from the same features: the share of the device's detections
     that the host has too (the same class, the box within 0.01 px, the score within 1e-4;
     near-equal scores may come in the other order) and the largest differences of those."""
+    from detect.detector import alike_detections
     from detect.detector_api import Detector
 
     on_device = Detector.load(model_dir, device=None, overrides=overrides, postprocess="device")
@@ -55,15 +54,9 @@ def host_device_agreement(model_dir: str, overrides, dataset, store, num: int) -
         a, _ = on_device.detect_with_timings(image, boxes)
         b, _ = on_host.detect_with_timings(image, boxes)
         total += max(len(a), len(b))
-        for label, box, score in zip(a.labels, a.boxes, a.scores):
-            same = np.flatnonzero(b.labels == label)
-            if not len(same):
-                continue
-            best = same[np.abs(b.boxes[same] - box).max(1).argmin()]
-            d_box, d_score = float(np.abs(b.boxes[best] - box).max()), float(abs(b.scores[best] - score))
-            if d_box < 1e-2 and d_score < 1e-4:
-                matched += 1
-                box_diff, score_diff = max(box_diff, d_box), max(score_diff, d_score)
+        alike, d_box, d_score = alike_detections(a, b)
+        matched += alike
+        box_diff, score_diff = max(box_diff, d_box), max(score_diff, d_score)
     return {"images": num, "detections": total, "matched": matched, "max_box_difference": box_diff,
             "max_score_difference": score_diff}
 

@@ -25,6 +25,7 @@ __all__ = [
     "detections_from_scores",
     "concatenate_detections",
     "split_detections",
+    "alike_detections",
 ]
 
 
@@ -127,3 +128,22 @@ def split_detections(arrays: dict[str, np.ndarray], num_images: int) -> list[Det
             )
         )
     return out
+
+
+def alike_detections(a: Detections, b: Detections, box_tol: float = 1e-2, score_tol: float = 1e-4):
+    """How many detections of ``a`` have a twin in ``b``: the same class, the box within
+    ``box_tol`` px and the score within ``score_tol`` (each is compared with the detection
+    of its class in ``b`` whose box is nearest, so detections of near-equal scores may come
+    in either order). Returns (count, the largest box and score differences among them):
+    what two computations of the same detections (on a GPU and on the host) are checked by."""
+    count, box_diff, score_diff = 0, 0.0, 0.0
+    for label, box, score in zip(a.labels, a.boxes, a.scores):
+        same = np.flatnonzero(b.labels == label)
+        if not len(same):
+            continue
+        best = same[np.abs(b.boxes[same] - box).max(1).argmin()]
+        d_box, d_score = float(np.abs(b.boxes[best] - box).max()), float(abs(b.scores[best] - score))
+        if d_box < box_tol and d_score < score_tol:
+            count += 1
+            box_diff, score_diff = max(box_diff, d_box), max(score_diff, d_score)
+    return count, box_diff, score_diff

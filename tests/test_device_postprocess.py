@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from detect.detector import detections_from_scores
+from detect.detector import alike_detections, detections_from_scores
 from detect.device_postprocess import (apply_bbox_deltas_tensor, batched_nms_topk, box_iou_tensor,
                                        clip_boxes_tensor, detections_from_scores_tensor, greedy_nms_mask,
                                        iou_exceeds)
@@ -195,11 +195,8 @@ def test_detector_on_the_device_gives_the_host_detections(tiny_model, device):
         np.testing.assert_array_equal(np.bincount(got.labels, minlength=len(on_host.classes)),
                                       np.bincount(ref.labels, minlength=len(on_host.classes)))
         # near-equal scores may swap places: each detection is matched to the host's of its
-        # class with the nearest box
-        for label, box, score in zip(got.labels, got.boxes, got.scores):
-            same = np.flatnonzero(ref.labels == label)
-            best = same[np.abs(ref.boxes[same] - box).max(1).argmin()]
-            matched += bool(np.abs(ref.boxes[best] - box).max() < 1e-2 and abs(ref.scores[best] - score) < 1e-4)
+        # class with the nearest box (box within 0.01 px, score within 1e-4)
+        matched += alike_detections(got, ref, box_tol=1e-2, score_tol=1e-4)[0]
         total += len(got)
     assert total > 0 and matched >= 0.99 * total
     # the scores before NMS too (Detector.score): computed there, only they come back
@@ -302,3 +299,17 @@ def test_precision_bench_compares_the_device_and_host_post_processing(tiny_model
     store = build_proposal_store(cfg, dataset, progress=False)
     got = bench.host_device_agreement(model, ["features.device=cpu"], dataset, store, 2)
     assert got["images"] == 2 and got["detections"] > 0 and got["matched"] >= 0.99 * got["detections"]
+
+
+def test_alike_detections_matches_each_to_its_nearest_twin():
+    from detect.detector import Detections, alike_detections
+
+    a = Detections(np.array([[0, 0, 10, 10], [20, 20, 30, 30], [5, 5, 9, 9]], np.float32),
+                   np.array([0, 0, 1]), np.array([0.5, 0.5, 0.1], np.float32))
+    b = Detections(a.boxes[[1, 0, 2]] + np.float32(0.001), a.labels[[1, 0, 2]], a.scores[[1, 0, 2]])
+    count, box_diff, score_diff = alike_detections(a, b)
+    assert count == 3 and 0 < box_diff < 0.01 and score_diff == 0  # order swapped: still twins
+    moved = Detections(b.boxes + np.float32(1.0), b.labels, b.scores)
+    assert alike_detections(a, moved)[0] == 0
+    other_class = Detections(b.boxes, b.labels + 1, b.scores)
+    assert alike_detections(a, other_class)[0] == 0
