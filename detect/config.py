@@ -54,6 +54,7 @@ __all__ = [
     "config_to_dict",
     "keyed_settings",
     "SPEED_SETTINGS",
+    "SOURCE_SETTINGS",
     "save_config",
     "parse_overrides",
     "section_hash",
@@ -224,6 +225,12 @@ class PretrainConfig:
     threads: int = 2
     # where the pretrained network is written ("" = <output_dir>/<name>/pretrain/network.npz)
     out: str = ""
+    # a directory holding a network pretrained elsewhere (tools/pretrain.py's sealed output
+    # with its key, e.g. data/pretrained/default): used instead of training when it was
+    # trained with exactly these settings, these images and the same CPU kernels (the key
+    # of the network this run would train), otherwise ignored with a log line saying what
+    # differs; "" = always train
+    shipped: str = ""
 
 
 @dataclass(frozen=True)
@@ -478,6 +485,7 @@ RULES: dict[str, Any] = {
     "pretrain.background_per_image": NON_NEGATIVE_INT,
     "pretrain.threads": NON_NEGATIVE_INT,
     "pretrain.out": text(non_empty=False),
+    "pretrain.shipped": text(non_empty=False),
 }
 
 # Settings that constrain each other: (key, test(cfg), allowed(cfg) in words).
@@ -783,12 +791,16 @@ def config_to_dict(cfg: Any) -> dict:
 # processes that share outputs. The proposal store's own list, which its key leaves out, is
 # the one source.
 SPEED_SETTINGS = tuple(f"proposals.{name}" for name in PROPOSAL_SPEED_SETTINGS)
+# Settings that say where an output may be found ready-made, never what it is (it is used
+# only when its own key equals the one computed): left out of every key as well.
+SOURCE_SETTINGS = ("pretrain.shipped",)
 
 
 def keyed_settings(cfg: Config) -> dict:
-    """:func:`config_to_dict` of ``cfg`` without :data:`SPEED_SETTINGS`: what keys hold."""
+    """:func:`config_to_dict` of ``cfg`` without :data:`SPEED_SETTINGS` and
+    :data:`SOURCE_SETTINGS`: what keys hold."""
     out = config_to_dict(cfg)
-    for key in SPEED_SETTINGS:
+    for key in SPEED_SETTINGS + SOURCE_SETTINGS:
         section, name = key.split(".")
         out[section].pop(name, None)
     return out

@@ -417,6 +417,34 @@ def _refuse_torchrun(stage: str, tool: str) -> None:
         raise UserError(f"{stage} runs as one process (its SGD steps are sequential); start {tool} without torchrun")
 
 
+def pretraining_key(cfg: Config):
+    """What a pretrained network depends on, unhashed: ``(key_parts, train_set,
+    val_set)``; the network's key is ``stable_hash(key_parts)``."""
+    import dataclasses
+
+    from detect.config import config_to_dict
+
+    if len(cfg.pretrain.image_scales) not in (0, 2):
+        raise UserError(f"pretrain.image_scales: give two shorter-side bounds [lo, hi] or none, got {list(cfg.pretrain.image_scales)}")
+    data_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=cfg.pretrain.root)) if cfg.pretrain.root else cfg
+    train_ds = open_dataset(data_cfg, cfg.pretrain.train_set)
+    val_ds = open_dataset(data_cfg, cfg.pretrain.val_set)
+    # the network's settings without its levels, and the levels beside them: the key's
+    # layout from before the levels moved into the network section, so that earlier
+    # pretrained networks stay valid
+    network_settings = {k: v for k, v in config_to_dict(cfg.network).items() if k != "levels"}
+    # pretrain.shipped says where a ready network may be found, never what it is: not keyed
+    pretrain_settings = {k: v for k, v in config_to_dict(cfg.pretrain).items() if k != "shipped"}
+    # the trained network depends on the instruction set of torch's CPU kernels and on its
+    # threads (pretrain.threads, in the settings) beside the settings and the images, and,
+    # trained on a GPU (features.device), on that and its TF32 settings
+    key_parts = {"pretrain": pretrain_settings, "network": network_settings,
+                 "levels": list(cfg.network.levels), "classes": list(data_cfg.data.classes),
+                 "train": dataset_identity(train_ds), "val": dataset_identity(val_ds), "seed": cfg.seed,
+                 "cpu_kernels": cpu_kernels(), **_gpu_numerics(cfg.features.device)}
+    return key_parts, train_ds, val_ds
+
+
 def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -> dict:
     """Pretrain the configured trunk (multi-size; with ``compare`` also single-size) and
     save the multi-size network; cached: a finished run with the same settings and
@@ -426,44 +454,38 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     import dataclasses
     import json
 
-    from detect.config import config_to_dict
     from detect.features import intra_op_threads
     from detect.pretrain import CropSampler, pretrain
     from detect.trunks import build_network, save_network
     from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
 
     _refuse_torchrun("pretraining", "tools/pretrain.py")
-    if len(cfg.pretrain.image_scales) not in (0, 2):
-        raise UserError(f"pretrain.image_scales: give two shorter-side bounds [lo, hi] or none, got {list(cfg.pretrain.image_scales)}")
     path = pretrained_network_path(cfg)
     out_dir = os.path.dirname(os.path.abspath(path))
     report_path = os.path.join(out_dir, "pretrain_report.json")
-    data_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=cfg.pretrain.root)) if cfg.pretrain.root else cfg
-    train_ds = open_dataset(data_cfg, cfg.pretrain.train_set)
-    val_ds = open_dataset(data_cfg, cfg.pretrain.val_set)
-    # the network's settings without its levels, and the levels beside them: the key's
-    # layout from before the levels moved into the network section, so that earlier
-    # pretrained networks stay valid
-    network_settings = {k: v for k, v in config_to_dict(cfg.network).items() if k != "levels"}
-    # the trained network depends on the instruction set of torch's CPU kernels and on its
-    # threads (pretrain.threads, in the settings) beside the settings and the images, and,
-    # trained on a GPU (features.device), on that and its TF32 settings
-    kernels = cpu_kernels()
-    key = stable_hash({"pretrain": config_to_dict(cfg.pretrain), "network": network_settings,
-                       "levels": list(cfg.network.levels), "classes": list(data_cfg.data.classes),
-                       "train": dataset_identity(train_ds), "val": dataset_identity(val_ds), "seed": cfg.seed,
-                       "cpu_kernels": kernels, **_gpu_numerics(cfg.features.device)})
+    key_parts, train_ds, val_ds = pretraining_key(cfg)
+    pretrain_settings, kernels = key_parts["pretrain"], key_parts["cpu_kernels"]
+    key = stable_hash(key_parts)
     sealed_files = [os.path.basename(path), os.path.basename(path) + ".json", os.path.basename(report_path)]
     runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
     runs = []  # finished runs with these settings are kept: only the missing ones train
     manifest, _ = read_seal(out_dir)
+    if cfg.pretrain.shipped and (manifest is None or manifest["key"] != stable_hash(key)):
+        if install_shipped_network(cfg.pretrain.shipped, key_parts, out_dir, path, report_path, key):
+            manifest, _ = read_seal(out_dir)
+    shipped_from = None  # the shipped directory the kept multi-size network came from
     if manifest is not None and manifest["key"] == stable_hash(key) and set(manifest["files"]) == set(sealed_files):
         with open(report_path, encoding="utf-8") as f:
             report = json.load(f)
-        if {tuple(r["sizes"]) for r in report["runs"]} >= set(runs_wanted):
+        if report.get("shipped") and not cfg.pretrain.shipped:
+            # pretrain.shipped="" asks for a network trained here, not the shipped copy
+            log.info("pretraining: %s is the shipped network and pretrain.shipped is empty: training it here", path)
+        elif {tuple(r["sizes"]) for r in report["runs"]} >= set(runs_wanted):
             log.info("pretraining: reusing %s", path)
             return report
-        runs = [r for r in report["runs"] if tuple(r["sizes"]) in runs_wanted]
+        else:
+            runs = [r for r in report["runs"] if tuple(r["sizes"]) in runs_wanted]
+            shipped_from = report.get("shipped")
     done = {tuple(r["sizes"]) for r in runs}
     os.makedirs(out_dir, exist_ok=True)
     unseal_directory(out_dir)
@@ -486,15 +508,124 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
                      "history": result.history})
         log.info("pretraining %s: validation accuracy %.4f in %.0f s", sizes, result.val_accuracy, result.seconds)
         if sizes == runs_wanted[0]:
-            save_network(trunk, head, path, extra={"pretrain": config_to_dict(cfg.pretrain),
+            save_network(trunk, head, path, extra={"pretrain": pretrain_settings,
                                                    "val_accuracy": result.val_accuracy,
                                                    "fc8_classes": list(train_ds.classes)})
     runs.sort(key=lambda r: runs_wanted.index(tuple(r["sizes"])))
     report = {"key": key, "network": path, "classes": list(train_ds.classes), "runs": runs,
               "train_images": len(train_ds), "val_images": len(val_ds), "cpu_kernels": kernels}
+    if shipped_from and tuple(cfg.pretrain.sizes) in done:
+        report["shipped"] = shipped_from
     atomic_write_json(report_path, report)
     seal_directory(out_dir, sealed_files, key)
     return report
+
+
+# the files of a shipped pretrained network (tools/pretrain.py's sealed output directory,
+# plus the unhashed key it was trained under)
+SHIPPED_FILES = ("network.npz", "network.npz.json", "pretrain_report.json")
+SHIPPED_KEY_FILE = "pretrain_key.json"
+
+
+def shipped_key_differences(shipped_parts: dict, key_parts: dict) -> list[str]:
+    """What differs between the key a shipped network was trained under and the one a run
+    would train under, in words: the settings by name (``pretrain.epochs``), the image
+    sets, the CPU kernels, ... (empty when they are equal)."""
+    out = []
+    for part in sorted(set(shipped_parts) | set(key_parts)):
+        a, b = shipped_parts.get(part), key_parts.get(part)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            names = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+            out.extend(f"{part}.{n}" for n in names)
+        elif part in ("train", "val"):
+            out.append(f"the pretraining {part} images (files or annotations)")
+        else:
+            out.append(part)
+    return out
+
+
+def install_shipped_network(shipped: str, key_parts: dict, out_dir: str, path: str, report_path: str,
+                            key: str) -> bool:
+    """Copy the network pretrained elsewhere in ``shipped`` (``pretrain.shipped``) into
+    ``out_dir`` and seal it there with ``key`` when it was trained under exactly
+    ``key_parts`` (the settings, the images, the CPU kernels of the run that would
+    otherwise train) and its files have their sealed content; True when installed. A
+    shipped network of another key, or damaged, is left alone with one log line saying
+    why, and the caller trains."""
+    import json
+    import shutil
+
+    from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
+
+    manifest, reason = read_seal(shipped)
+    if manifest is None:
+        log.warning("pretraining: not using the shipped network (%s); training it", reason)
+        return False
+    try:
+        with open(os.path.join(shipped, SHIPPED_KEY_FILE), encoding="utf-8") as f:
+            shipped_parts = json.load(f)
+    except (OSError, ValueError) as e:
+        log.warning("pretraining: not using the shipped network (%s: unreadable, %s); training it",
+                    os.path.join(shipped, SHIPPED_KEY_FILE), e)
+        return False
+    # the sealed key covers the key file too: an edited key file never passes
+    if (manifest["key"] != stable_hash(key) or stable_hash(shipped_parts) != key
+            or set(manifest["files"]) != set(SHIPPED_FILES) | {SHIPPED_KEY_FILE}):
+        differences = shipped_key_differences(shipped_parts, key_parts) if isinstance(shipped_parts, dict) else []
+        log.info("pretraining: the shipped network %s was trained under another key (%s); training it",
+                 shipped, ", ".join(differences) or "its seal")
+        return False
+    os.makedirs(out_dir, exist_ok=True)
+    unseal_directory(out_dir)
+    names = {"network.npz": os.path.basename(path), "network.npz.json": os.path.basename(path) + ".json",
+             "pretrain_report.json": os.path.basename(report_path)}
+    for source, target in names.items():
+        if source == "pretrain_report.json":
+            continue
+        partial = os.path.join(out_dir, target + ".partial")
+        shutil.copyfile(os.path.join(shipped, source), partial)
+        os.replace(partial, os.path.join(out_dir, target))
+    with open(os.path.join(shipped, "pretrain_report.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    report.update(network=path, shipped=shipped)
+    atomic_write_json(report_path, report)
+    seal_directory(out_dir, list(names.values()), key)
+    log.info("pretraining: using the network shipped in %s (trained with these settings, images and CPU "
+             "kernels; pretrain.shipped=\"\" trains it here)", shipped)
+    return True
+
+
+def ship_pretrained_network(cfg: Config, target: str) -> str:
+    """Write ``cfg``'s pretrained network (trained first when missing) with its unhashed
+    key into ``target`` and seal it there: the directory ``pretrain.shipped`` names, which
+    :func:`install_shipped_network` uses on another machine instead of training. Returns
+    ``target``."""
+    import shutil
+
+    from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
+
+    path = pretrained_network_path(cfg)
+    out_dir = os.path.dirname(os.path.abspath(path))
+    key_parts, _, _ = pretraining_key(cfg)
+    key = stable_hash(key_parts)
+    manifest, reason = read_seal(out_dir)
+    if manifest is None or manifest["key"] != stable_hash(key):
+        raise UserError(f"{out_dir}: no pretrained network of these settings to ship ({reason or 'another key'}); "
+                        "run tools/pretrain.py first")
+    os.makedirs(target, exist_ok=True)
+    unseal_directory(target)
+    sources = {"network.npz": path, "network.npz.json": path + ".json",
+               "pretrain_report.json": os.path.join(out_dir, "pretrain_report.json")}
+    for name, source in sources.items():
+        partial = os.path.join(target, name + ".partial")
+        shutil.copyfile(source, partial)
+        os.replace(partial, os.path.join(target, name))
+    atomic_write_json(os.path.join(target, SHIPPED_KEY_FILE), key_parts)
+    seal_directory(target, list(SHIPPED_FILES) + [SHIPPED_KEY_FILE], key)
+    log.info("pretrained network shipped in %s (key %s)", target, key)
+    return target
 
 
 def run_finetuning(cfg: Config, out_path: str | None = None, progress: bool = True) -> tuple[str, dict]:

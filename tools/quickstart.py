@@ -4,7 +4,9 @@
    detection dataset ``data.root`` and a larger pretraining dataset ``pretrain.root``
    (the role ImageNet plays for the paper);
 2. pretrains the compact trunk with an SPP classification head (multi-size crop epochs
-   alternating with whole-image epochs; ``tools/pretrain.py``);
+   alternating with whole-image epochs; ``tools/pretrain.py``), or, when the shipped
+   network (``pretrain.shipped``: ``data/pretrained/default``) was trained with exactly
+   these settings, images and CPU kernels, uses that one (``--from-scratch`` trains);
 3. computes selective-search proposals, SPP features, SVMs with hard-negative mining and
    box regressors (``tools/train_svm.py``), for SPP-net and for R-CNN on the same weights;
 4. tests SPP-net at 1 scale and at 5 scales (``--five-scales``, with the 1-scale SVMs) and
@@ -21,6 +23,7 @@ Example::
 
     python tools/quickstart.py
     python tools/quickstart.py --detect-images 40 --pretrain-images 200   # a smaller run
+    python tools/quickstart.py --from-scratch   # pretrain here even where a shipped network fits
 """
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "validation (default: %(default)s)")
     parser.add_argument("--five-scales", type=int, nargs="+", default=list(BUILTIN_FIVE_SCALES),
                         help="scales of the multi-scale test (default: %(default)s)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="pretrain the trunk here instead of using the shipped network (pretrain.shipped)")
     parser.add_argument("--force-test", action="store_true", help="re-run the tests even when results exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -87,6 +92,8 @@ def main(argv=None) -> int:
         setup_logging()
         t_start = time.perf_counter()
         cfg = config_from_args(args)
+        if args.from_scratch:
+            cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, shipped=""))
         progress = not args.quiet
         from detect.pipeline import cpu_kernels, demo, pretrained_network_path, run_pretraining, train
         from detect.synthetic import generate_synthetic_voc
@@ -142,6 +149,10 @@ def main(argv=None) -> int:
             "table": rows,
             "pretrain_val_accuracy": runs_report[0].get("val_accuracy"),
             "pretrain_val_image_accuracy": runs_report[0].get("val_image_accuracy"),
+            # the shipped network's directory when it was used, and the seconds its
+            # training took where it was trained
+            "pretrain_shipped": report.get("shipped"),
+            "pretrain_training_seconds": runs_report[0].get("seconds"),
             "seconds": {"data": t_data - t_start, "pretrain": t_pretrain - t_data, "train": t_train - t_pretrain,
                         "test": t_test - t_train, "demo": t_end - t_test, "total": t_end - t_start},
             "demo": demo_png, "pretrained_network": weights, "cpu_kernels": kernels,
@@ -149,9 +160,11 @@ def main(argv=None) -> int:
         from sppcore.fileio import atomic_write_json
 
         atomic_write_json(os.path.join(out_root, "quickstart.json"), summary)
+        origin = (f"shipped in {report['shipped']}, --from-scratch trains it here in about "
+                  f"{summary['pretrain_training_seconds'] or 0:.0f} s; " if report.get("shipped") else "")
         print()
         print(f"built-in default: {len(test_set)} test images, SVMs trained on {n} trainval images, "
-              f"trunk pretrained on {report.get('train_images')} images (validation accuracy on crops "
+              f"trunk pretrained on {report.get('train_images')} images ({origin}validation accuracy on crops "
               f"{summary['pretrain_val_accuracy']:.3f}, on windows of whole images "
               f"{summary['pretrain_val_image_accuracy'] or float('nan'):.3f}; {kernels} CPU kernels)")
         print(table)
