@@ -417,18 +417,14 @@ def _refuse_torchrun(stage: str, tool: str) -> None:
         raise UserError(f"{stage} runs as one process (its SGD steps are sequential); start {tool} without torchrun")
 
 
-def pretraining_key(cfg: Config):
-    """What a pretrained network depends on, unhashed: ``(key_parts, train_set,
-    val_set)``; the network's key is ``stable_hash(key_parts)``."""
-    import dataclasses
-
+def pretraining_settings_key(cfg: Config) -> dict:
+    """The part of a pretrained network's key that the config alone decides: the
+    settings, the classes, the seed, the CPU kernels (and the GPU's numerics when trained
+    on one). :func:`pretraining_key` adds the images."""
     from detect.config import config_to_dict
 
     if len(cfg.pretrain.image_scales) not in (0, 2):
         raise UserError(f"pretrain.image_scales: give two shorter-side bounds [lo, hi] or none, got {list(cfg.pretrain.image_scales)}")
-    data_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=cfg.pretrain.root)) if cfg.pretrain.root else cfg
-    train_ds = open_dataset(data_cfg, cfg.pretrain.train_set)
-    val_ds = open_dataset(data_cfg, cfg.pretrain.val_set)
     # the network's settings without its levels, and the levels beside them: the key's
     # layout from before the levels moved into the network section, so that earlier
     # pretrained networks stay valid
@@ -438,10 +434,21 @@ def pretraining_key(cfg: Config):
     # the trained network depends on the instruction set of torch's CPU kernels and on its
     # threads (pretrain.threads, in the settings) beside the settings and the images, and,
     # trained on a GPU (features.device), on that and its TF32 settings
-    key_parts = {"pretrain": pretrain_settings, "network": network_settings,
-                 "levels": list(cfg.network.levels), "classes": list(data_cfg.data.classes),
-                 "train": dataset_identity(train_ds), "val": dataset_identity(val_ds), "seed": cfg.seed,
-                 "cpu_kernels": cpu_kernels(), **_gpu_numerics(cfg.features.device)}
+    return {"pretrain": pretrain_settings, "network": network_settings, "levels": list(cfg.network.levels),
+            "classes": list(cfg.data.classes), "seed": cfg.seed, "cpu_kernels": cpu_kernels(),
+            **_gpu_numerics(cfg.features.device)}
+
+
+def pretraining_key(cfg: Config):
+    """What a pretrained network depends on, unhashed: ``(key_parts, train_set,
+    val_set)``; the network's key is ``stable_hash(key_parts)``."""
+    import dataclasses
+
+    data_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=cfg.pretrain.root)) if cfg.pretrain.root else cfg
+    key_parts = pretraining_settings_key(cfg)
+    train_ds = open_dataset(data_cfg, cfg.pretrain.train_set)
+    val_ds = open_dataset(data_cfg, cfg.pretrain.val_set)
+    key_parts.update(train=dataset_identity(train_ds), val=dataset_identity(val_ds))
     return key_parts, train_ds, val_ds
 
 
