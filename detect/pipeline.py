@@ -477,8 +477,10 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
     runs_wanted = [tuple(cfg.pretrain.sizes)] + ([tuple(cfg.pretrain.sizes[:1])] if compare and len(cfg.pretrain.sizes) > 1 else [])
     runs = []  # finished runs with these settings are kept: only the missing ones train
     manifest, _ = read_seal(out_dir)
+    installed = False
     if cfg.pretrain.shipped and (manifest is None or manifest["key"] != stable_hash(key)):
-        if install_shipped_network(cfg.pretrain.shipped, key_parts, out_dir, path, report_path, key):
+        installed = install_shipped_network(cfg.pretrain.shipped, key_parts, out_dir, path, report_path, key)
+        if installed:
             manifest, _ = read_seal(out_dir)
     shipped_from = None  # the shipped directory the kept multi-size network came from
     if manifest is not None and manifest["key"] == stable_hash(key) and set(manifest["files"]) == set(sealed_files):
@@ -488,7 +490,8 @@ def run_pretraining(cfg: Config, compare: bool = False, progress: bool = True) -
             # pretrain.shipped="" asks for a network trained here, not the shipped copy
             log.info("pretraining: %s is the shipped network and pretrain.shipped is empty: training it here", path)
         elif {tuple(r["sizes"]) for r in report["runs"]} >= set(runs_wanted):
-            log.info("pretraining: reusing %s", path)
+            if not installed:
+                log.info("pretraining: reusing %s", path)
             return report
         else:
             runs = [r for r in report["runs"] if tuple(r["sizes"]) in runs_wanted]

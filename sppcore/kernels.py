@@ -5,9 +5,13 @@ AVX-512, ...), and kernels of different widths sum in different orders. The resu
 differ in the last bits, and a network pretrained for minutes drifts from there: the
 built-in default's quickstart gives mAP 0.723 / 0.750 / 0.593 (SPP-net 1 scale, 5 scales,
 R-CNN) with AVX2 kernels and 0.718 / 0.720 / 0.566 with AVX-512 kernels on the same
-processor, the same code and the same seeds. So that a figure measured on one machine
-comes out on another, :func:`pin_cpu_kernels` caps the kernels at AVX2 (the widest set
-that almost every x86-64 processor of the last ten years has) before torch is imported.
+processor, the same code and the same seeds. So that figures measured on one machine
+come out as closely as they can on another, :func:`pin_cpu_kernels` caps the kernels at
+AVX2 (the widest set that almost every x86-64 processor of the last ten years has) before
+torch is imported. The cap fixes the instruction set, not every order of summation (the
+libraries also choose blockings by the processor): pretrained from scratch on an Intel
+Xeon with AVX2 kernels, the same default gives 0.732 / 0.741 / 0.623; hence the shipped
+pretrained network (``pretrain.shipped``).
 It costs about 7% of speed on an AVX-512 machine; ``SPPDET_CPU_KERNELS=native`` leaves
 PyTorch's own choice.
 

@@ -82,8 +82,9 @@ def test_a_shipped_network_of_another_key_is_never_used(synthetic_voc, shipped, 
     cfg = tiny_pretraining(root, tmp_path / "user", f"pretrain.shipped={shipped}", *extra)
     with caplog.at_level(logging.INFO, logger="detect.pipeline"):
         report = pipeline.run_pretraining(cfg, progress=False)
+    # trained here (its bytes may equal the shipped ones: a faked kernel name or a blank
+    # line in an annotation trains the same weights; what counts is that they were trained)
     assert trainings == [(40,)] and "shipped" not in report
-    assert read(pipeline.pretrained_network_path(cfg)) != read(os.path.join(shipped, "network.npz"))
     said = {"settings": "pretrain.lr", "kernels": "cpu_kernels", "images": "the pretraining"}[change]
     assert any("another key" in r.message and said in r.message for r in caplog.records), caplog.text
 
