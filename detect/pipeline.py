@@ -565,9 +565,8 @@ def install_shipped_network(shipped: str, key_parts: dict, out_dir: str, path: s
     shipped network of another key, or damaged, is left alone with one log line saying
     why, and the caller trains."""
     import json
-    import shutil
 
-    from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
+    from sppcore.fileio import atomic_copy, read_seal, seal_directory, stable_hash, unseal_directory
 
     manifest, reason = read_seal(shipped)
     if manifest is None:
@@ -592,11 +591,8 @@ def install_shipped_network(shipped: str, key_parts: dict, out_dir: str, path: s
     names = {"network.npz": os.path.basename(path), "network.npz.json": os.path.basename(path) + ".json",
              "pretrain_report.json": os.path.basename(report_path)}
     for source, target in names.items():
-        if source == "pretrain_report.json":
-            continue
-        partial = os.path.join(out_dir, target + ".partial")
-        shutil.copyfile(os.path.join(shipped, source), partial)
-        os.replace(partial, os.path.join(out_dir, target))
+        if source != "pretrain_report.json":  # rewritten below, naming where it came from
+            atomic_copy(os.path.join(shipped, source), os.path.join(out_dir, target))
     with open(os.path.join(shipped, "pretrain_report.json"), encoding="utf-8") as f:
         report = json.load(f)
     report.update(network=path, shipped=shipped)
@@ -612,9 +608,7 @@ def ship_pretrained_network(cfg: Config, target: str) -> str:
     key into ``target`` and seal it there: the directory ``pretrain.shipped`` names, which
     :func:`install_shipped_network` uses on another machine instead of training. Returns
     ``target``."""
-    import shutil
-
-    from sppcore.fileio import read_seal, seal_directory, stable_hash, unseal_directory
+    from sppcore.fileio import atomic_copy, read_seal, seal_directory, stable_hash, unseal_directory
 
     path = pretrained_network_path(cfg)
     out_dir = os.path.dirname(os.path.abspath(path))
@@ -629,9 +623,7 @@ def ship_pretrained_network(cfg: Config, target: str) -> str:
     sources = {"network.npz": path, "network.npz.json": path + ".json",
                "pretrain_report.json": os.path.join(out_dir, "pretrain_report.json")}
     for name, source in sources.items():
-        partial = os.path.join(target, name + ".partial")
-        shutil.copyfile(source, partial)
-        os.replace(partial, os.path.join(target, name))
+        atomic_copy(source, os.path.join(target, name))
     atomic_write_json(os.path.join(target, SHIPPED_KEY_FILE), key_parts)
     seal_directory(target, list(SHIPPED_FILES) + [SHIPPED_KEY_FILE], key)
     log.info("pretrained network shipped in %s (key %s)", target, key)

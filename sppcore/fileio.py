@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 from typing import Any, Iterable, Iterator
@@ -53,6 +54,7 @@ __all__ = [
     "seal_directory",
     "read_seal",
     "unseal_directory",
+    "atomic_copy",
     "SEAL_FILE",
 ]
 
@@ -81,6 +83,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
 def atomic_write_bytes(path, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def atomic_copy(source, target) -> None:
+    """Copy a file's content to ``target`` atomically (a partial copy never has its name)."""
+    with open(source, "rb") as src, atomic_open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def atomic_write_text(path, text: str) -> None:

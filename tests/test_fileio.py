@@ -87,3 +87,23 @@ def test_seal_detects_missing_edited_and_unsealed_files(tmp_path):
     assert "incomplete" in read_seal(d)[1]
     (tmp_path / "manifest.json").write_text("{not json")
     assert "unreadable" in read_seal(d)[1]
+
+
+def test_atomic_copy_copies_and_never_leaves_a_partial_target(tmp_path, monkeypatch):
+    from sppcore.fileio import atomic_copy
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(bytes(range(256)) * 5000)
+    atomic_copy(source, tmp_path / "out" / "copy.bin")
+    assert (tmp_path / "out" / "copy.bin").read_bytes() == source.read_bytes()
+
+    import shutil
+
+    def failing(src, dst, length=0):
+        dst.write(src.read(1000))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copyfileobj", failing)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_copy(source, tmp_path / "other.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "source.bin"]
