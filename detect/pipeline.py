@@ -537,10 +537,26 @@ SHIPPED_FILES = ("network.npz", "network.npz.json", "pretrain_report.json")
 SHIPPED_KEY_FILE = "pretrain_key.json"
 
 
+# settings of a pretraining key that say where files are, not what the network is (the
+# images are in the key by their digests; pretraining starts from random weights whatever
+# network.weights says): a shipped network is compared without them
+LOCATION_SETTINGS = {"pretrain": ("root", "out"), "network": ("weights",)}
+
+
+def _without_locations(key_parts: dict) -> dict:
+    out = dict(key_parts)
+    for part, names in LOCATION_SETTINGS.items():
+        if isinstance(out.get(part), dict):
+            out[part] = {k: v for k, v in out[part].items() if k not in names}
+    return out
+
+
 def shipped_key_differences(shipped_parts: dict, key_parts: dict) -> list[str]:
     """What differs between the key a shipped network was trained under and the one a run
     would train under, in words: the settings by name (``pretrain.epochs``), the image
-    sets, the CPU kernels, ... (empty when they are equal)."""
+    sets, the CPU kernels, ... (empty when they are equal). Where files are
+    (:data:`LOCATION_SETTINGS`) is not compared."""
+    shipped_parts, key_parts = _without_locations(shipped_parts), _without_locations(key_parts)
     out = []
     for part in sorted(set(shipped_parts) | set(key_parts)):
         a, b = shipped_parts.get(part), key_parts.get(part)
@@ -559,11 +575,11 @@ def shipped_key_differences(shipped_parts: dict, key_parts: dict) -> list[str]:
 def install_shipped_network(shipped: str, key_parts: dict, out_dir: str, path: str, report_path: str,
                             key: str) -> bool:
     """Copy the network pretrained elsewhere in ``shipped`` (``pretrain.shipped``) into
-    ``out_dir`` and seal it there with ``key`` when it was trained under exactly
-    ``key_parts`` (the settings, the images, the CPU kernels of the run that would
-    otherwise train) and its files have their sealed content; True when installed. A
-    shipped network of another key, or damaged, is left alone with one log line saying
-    why, and the caller trains."""
+    ``out_dir`` and seal it there with ``key`` when it was trained under ``key_parts``
+    (the settings, the images' digests, the CPU kernels of the run that would otherwise
+    train; where the files live aside, :data:`LOCATION_SETTINGS`) and its files have their
+    sealed content; True when installed. A shipped network of another key, or damaged, is
+    left alone with one log line saying why, and the caller trains."""
     import json
 
     from sppcore.fileio import atomic_copy, read_seal, seal_directory, stable_hash, unseal_directory
@@ -579,12 +595,17 @@ def install_shipped_network(shipped: str, key_parts: dict, out_dir: str, path: s
         log.warning("pretraining: not using the shipped network (%s: unreadable, %s); training it",
                     os.path.join(shipped, SHIPPED_KEY_FILE), e)
         return False
-    # the sealed key covers the key file too: an edited key file never passes
-    if (manifest["key"] != stable_hash(key) or stable_hash(shipped_parts) != key
+    # sealed with the key its key file holds, and with every file (the seal's digests
+    # cover the key file: an edited one never gets here)
+    if (not isinstance(shipped_parts, dict) or manifest["key"] != stable_hash(stable_hash(shipped_parts))
             or set(manifest["files"]) != set(SHIPPED_FILES) | {SHIPPED_KEY_FILE}):
-        differences = shipped_key_differences(shipped_parts, key_parts) if isinstance(shipped_parts, dict) else []
+        log.warning("pretraining: not using the shipped network (%s: sealed with another key or other files "
+                    "than %s holds); training it", shipped, SHIPPED_KEY_FILE)
+        return False
+    differences = shipped_key_differences(shipped_parts, key_parts)
+    if differences:
         log.info("pretraining: the shipped network %s was trained under another key (%s); training it",
-                 shipped, ", ".join(differences) or "its seal")
+                 shipped, ", ".join(differences))
         return False
     os.makedirs(out_dir, exist_ok=True)
     unseal_directory(out_dir)

@@ -64,6 +64,20 @@ def test_a_shipped_network_of_the_same_key_is_used_instead_of_training(synthetic
         tiny_pretraining(synthetic_voc, tmp_path / "user"))
 
 
+def test_a_shipped_network_is_found_for_the_same_images_elsewhere(synthetic_voc, shipped, tmp_path, trainings):
+    """Where the images and the network file live is not what the network is: the same
+    images (byte for byte) under another root, another output path and another
+    network.weights still take the shipped network."""
+    root = str(tmp_path / "copy" / "VOC2007")
+    shutil.copytree(synthetic_voc, root)
+    cfg = tiny_pretraining(root, tmp_path / "user", f"pretrain.shipped={shipped}",
+                           f"pretrain.out={tmp_path / 'nets' / 'mine.npz'}", "network.weights=elsewhere.npz")
+    report = pipeline.run_pretraining(cfg, progress=False)
+    assert trainings == [] and report["shipped"] == shipped
+    assert read(tmp_path / "nets" / "mine.npz") == read(os.path.join(shipped, "network.npz"))
+    assert pipeline.run_pretraining(cfg, progress=False) == report and trainings == []
+
+
 @pytest.mark.parametrize("change", ["settings", "kernels", "images"])
 def test_a_shipped_network_of_another_key_is_never_used(synthetic_voc, shipped, tmp_path, trainings, monkeypatch,
                                                         caplog, change):
