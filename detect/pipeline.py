@@ -609,24 +609,21 @@ def install_shipped_network(shipped: str, key_parts: dict, out_dir: str, path: s
         return False
     os.makedirs(out_dir, exist_ok=True)
     unseal_directory(out_dir)
-    names = {"network.npz": os.path.basename(path), "network.npz.json": os.path.basename(path) + ".json",
-             "pretrain_report.json": os.path.basename(report_path)}
-    for source, target in names.items():
-        if source != "pretrain_report.json":  # rewritten below, naming where it came from
-            atomic_copy(os.path.join(shipped, source), os.path.join(out_dir, target))
+    atomic_copy(os.path.join(shipped, "network.npz"), path)
+    atomic_copy(os.path.join(shipped, "network.npz.json"), path + ".json")
     with open(os.path.join(shipped, "pretrain_report.json"), encoding="utf-8") as f:
         report = json.load(f)
-    report.update(network=path, shipped=shipped)
+    report.update(network=path, shipped=shipped)  # the report names where it came from
     atomic_write_json(report_path, report)
-    seal_directory(out_dir, list(names.values()), key)
+    seal_directory(out_dir, [os.path.basename(p) for p in (path, path + ".json", report_path)], key)
     log.info("pretraining: using the network shipped in %s (trained with these settings, images and CPU "
              "kernels; pretrain.shipped=\"\" trains it here)", shipped)
     return True
 
 
 def ship_pretrained_network(cfg: Config, target: str) -> str:
-    """Write ``cfg``'s pretrained network (trained first when missing) with its unhashed
-    key into ``target`` and seal it there: the directory ``pretrain.shipped`` names, which
+    """Write ``cfg``'s pretrained network (a finished ``tools/pretrain.py`` run of these
+    settings; a UserError otherwise) with its unhashed key into ``target`` and seal it there: the directory ``pretrain.shipped`` names, which
     :func:`install_shipped_network` uses on another machine instead of training. Returns
     ``target``."""
     from sppcore.fileio import atomic_copy, read_seal, seal_directory, stable_hash, unseal_directory
